@@ -1,0 +1,36 @@
+"""saelab: Lab C.4, feature extraction with sparse autoencoders, as a package.
+
+Public names are imported lazily (importing TransformerLens takes seconds), so `import saelab`
+is instant and `saelab.TiedSAE` loads its module on first use.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "models", "resolve_device": "models", "default_model_name": "models",
+    "load_texts": "data", "load_documents": "data", "SEED_PROMPTS": "data", "TEST_PROMPTS": "data",
+    "TiedSAE": "sae",
+    "collect_activations": "activations", "Activations": "activations",
+    "evaluate": "metrics", "ce_loss_recovered": "metrics",
+    "train_sae": "train", "TrainResult": "train",
+    "sparsity_sweep": "experiments", "feature_correlation": "experiments", "compare_layers": "experiments",
+    "top_activating_examples": "inspect", "feature_logit_effects": "inspect", "feature_card": "inspect",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"saelab.{_EXPORTS[name]}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'saelab' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,66 @@
+"""The shipped texts (prose and code, train / held-out test) and the lab's prompts."""
+from __future__ import annotations
+
+import gzip
+import json
+from functools import lru_cache
+from pathlib import Path
+
+TEXTS_DIR = Path(__file__).resolve().parent / "assets" / "texts"
+SPLITS = ("train", "test")
+KINDS = ("prose", "code")
+
+#: The seed notebook's five training prompts (it repeats them ten times).
+SEED_PROMPTS = (
+    "The capital of France is Paris.",
+    "def fibonacci(n): return n if n <= 1 else",
+    "What is the meaning of life?",
+    "I am so happy today!",
+    "The quick brown fox jumps over the lazy dog.",
+)
+
+#: The seed notebook's four test prompts for the layer comparison, by name.
+TEST_PROMPTS = {
+    "Code": "def hello_world():",
+    "Question": "What is the capital?",
+    "Emotion": "I am very happy!",
+    "Factual": "The moon orbits Earth.",
+}
+
+
+@lru_cache(maxsize=None)
+def _documents(split: str) -> tuple[dict, ...]:
+    path = TEXTS_DIR / f"{split}.jsonl.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"saelab package data is missing: {path}; reinstall saelab")
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            docs = tuple(json.loads(line) for line in f if line.strip())
+    except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RuntimeError(f"saelab package data is corrupt: {path} could not be read ({e}); reinstall saelab") from e
+    return docs
+
+
+def load_documents(split: str = "train") -> list[dict]:
+    """The shipped documents of a split, each {"id", "kind" ("prose" | "code"), "text"}.
+
+    Sources: Python 3.11 documentation reST and standard-library code (PSF License) and the
+    Jargon File 4.4.7 (public domain), via Debian packages; see assets/tiny/MODEL_CARD.md.
+    "test" documents were held out from the embedded model's training and from "train".
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    return [dict(d) for d in _documents(split)]
+
+
+def load_texts(split: str = "train", kind: str | None = None, max_texts: int | None = None) -> list[str]:
+    """The shipped texts of a split as strings, optionally only one kind ("prose" or "code").
+
+    max_texts: keep the first N (the order is a fixed shuffle, so a prefix is a fair sample).
+    """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind: expected one of {KINDS} or None, got {kind!r}")
+    if max_texts is not None and (not isinstance(max_texts, int) or max_texts < 1):
+        raise ValueError(f"max_texts: expected a positive int or None, got {max_texts!r}")
+    texts = [d["text"] for d in load_documents(split) if kind is None or d["kind"] == kind]
+    return texts[:max_texts] if max_texts is not None else texts

@@ -1,0 +1,145 @@
+"""load_model: the embedded "tiny" model offline, or any TransformerLens model name online."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+TINY_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
+TINY_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+DEFAULT_MODEL_ENV = "SAELAB_MODEL"
+EXAMPLE_ONLINE_MODELS = ("gpt2-small", "gpt2-medium", "pythia-70m")
+
+
+def default_model_name() -> str:
+    """The model name notebooks and the CLI use: $SAELAB_MODEL, else "tiny"."""
+    return os.environ.get(DEFAULT_MODEL_ENV, "").strip() or "tiny"
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`None` picks cuda, then mps, then cpu; anything else must exist on this machine."""
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: expected 'cpu', 'cuda', 'cuda:N', 'mps' or None, got {device!r}") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} was asked for, but CUDA is not available here; use 'cpu' or None")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device: {device!r} was asked for, but MPS is not available here; use 'cpu' or None")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device: expected 'cpu', 'cuda', 'cuda:N', 'mps' or None, got {device!r}")
+    return dev
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence TransformerLens' construction-time DeprecationWarnings and logging chatter."""
+    import logging
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        logging.getLogger().setLevel(level)
+
+
+@lru_cache(maxsize=1)
+def tiny_card() -> dict:
+    """The embedded model's card: config, training settings and losses (assets/tiny/config.json)."""
+    _check_tiny_files()
+    path = TINY_DIR / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RuntimeError(f"saelab package data is corrupt: {path} is not valid JSON ({e}); reinstall saelab") from e
+
+
+def _check_tiny_files() -> None:
+    missing = [f for f in TINY_FILES if not (TINY_DIR / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"saelab package data is missing: {', '.join(str(TINY_DIR / f) for f in missing)}; "
+                                "reinstall saelab")
+
+
+def _load_tiny(device: torch.device):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoTokenizer
+
+    card = tiny_card()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(TINY_DIR))
+    except Exception as e:  # tokenizers raises its own exception types
+        raise RuntimeError(f"saelab package data is corrupt: the tokenizer in {TINY_DIR} did not load ({e})") from e
+    cfg = HookedTransformerConfig(**card["config"], tokenizer_name=str(TINY_DIR), default_prepend_bos=True,
+                                  original_architecture="GPT2LMHeadModel", device=str(device))
+    weights = TINY_DIR / "model.safetensors"
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise RuntimeError(f"saelab package data is corrupt: {weights} did not load ({e})") from e
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    missing = [k for k in missing if not k.endswith((".IGNORE", ".mask"))]
+    if missing or unexpected:
+        raise RuntimeError(f"saelab package data is corrupt: {weights} does not match the tiny config "
+                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.to(device, print_details=False)
+
+
+def load_model(name: str | None = None, device: str | torch.device | None = None):
+    """Load a HookedTransformer in eval mode.
+
+    name: "tiny" (default, or $SAELAB_MODEL): the embedded 4-layer GPT-2-architecture model, offline.
+          Any other name goes to `HookedTransformer.from_pretrained` (e.g. "gpt2-small"), which
+          needs internet access or a filled Hugging Face cache.
+    device: None picks cuda, then mps, then cpu.
+    """
+    name = default_model_name() if name is None else name
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"name: expected a model name such as 'tiny' or 'gpt2-small', got {name!r}")
+    dev = resolve_device(device)
+    with _quiet():
+        if name == "tiny":
+            model = _load_tiny(dev)
+        else:
+            model = _load_pretrained(name, dev)
+    model.eval()
+    return model
+
+
+def _load_pretrained(name: str, device: torch.device):
+    from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, get_official_model_name
+
+    try:
+        get_official_model_name(name)
+    except ValueError:
+        raise ValueError(f"name: unknown model {name!r}; choose 'tiny' (embedded, offline) or a "
+                         f"TransformerLens model such as {', '.join(EXAMPLE_ONLINE_MODELS)} "
+                         f"({len(OFFICIAL_MODEL_NAMES)} known)") from None
+    try:
+        return HookedTransformer.from_pretrained(name, device=str(device))
+    except (OSError, ConnectionError) as e:
+        raise RuntimeError(f"could not load {name!r}: its weights are not in the local Hugging Face cache and "
+                           f"could not be downloaded ({type(e).__name__}). Use load_model('tiny') offline, "
+                           f"or connect to the internet once to cache {name!r}.") from None
