@@ -218,7 +218,74 @@ def export(model, tokenizer, tok_dir: Path, streams, args, meta, bos: int) -> No
             "train_loss": round(train_loss, 4), "heldout_loss": round(test_loss, 4),
             "unigram_heldout_loss": round(uni, 4), "loss_log": meta["log"]}
     (ASSETS / "config.json").write_text(json.dumps(card, indent=1))
+    card.update(shipped_text_losses(streams["train"]))
+    (ASSETS / "config.json").write_text(json.dumps(card, indent=1))
+    (ASSETS / "MODEL_CARD.md").write_text(model_card(card, (ASSETS / "model.safetensors").stat().st_size))
     print(json.dumps({k: v for k, v in card.items() if k != "loss_log"}, indent=1))
+
+
+def shipped_text_losses(train_stream: torch.Tensor, n_texts: int = 32) -> dict:
+    """Loss of the exported (fp16) model on the first shipped held-out texts, and the unigram baseline."""
+    from saelab.data import load_texts
+    from saelab.models import load_model, text_loss, tiny_card
+    tiny_card.cache_clear()
+    model = load_model("tiny", device="cpu")
+    texts = load_texts("test", max_texts=n_texts)
+    counts = torch.bincount(train_stream, minlength=CONFIG["d_vocab"]).double() + 1
+    logp = (counts / counts.sum()).log()
+    ids = torch.cat([model.to_tokens(t, prepend_bos=True)[0, 1:128] for t in texts])
+    return {"shipped_test_texts": n_texts, "shipped_test_loss": round(text_loss(model, texts), 4),
+            "shipped_test_unigram_loss": round(float(-logp[ids].mean()), 4)}
+
+
+def model_card(card: dict, weights_bytes: int) -> str:
+    c = card["config"]
+    return f"""# saelab "tiny": the embedded model
+
+A small GPT-2-architecture language model, trained for saelab so that Lab C.4 runs offline.
+GPT-2 small remains the lab's real target (`load_model("gpt2-small")` with internet access).
+
+## Architecture
+TransformerLens `HookedTransformer`: {c['n_layers']} layers, d_model {c['d_model']}, {c['n_heads']} heads
+of {c['d_head']}, d_mlp {c['d_mlp']} (`{c['act_fn']}`), learned positional embeddings, context {c['n_ctx']}
+tokens, vocabulary {c['d_vocab']} (byte-level BPE trained on the same corpus; `<|endoftext|>` is BOS,
+EOS and padding). {card['n_params']:,} parameters. LayerNorm weights are folded and writing weights
+centred as TransformerLens does for GPT-2 (`normalization_type="{c['normalization_type']}"`).
+Weights: `model.safetensors`, fp16, {weights_bytes / 2**20:.1f} MiB.
+
+## Training
+{card['steps']:,} steps of AdamW (lr {card['lr']}, cosine to 10%, warm-up 100, weight decay 0.01,
+gradient clip 1.0), batch {card['batch_size']} x {card['seq_len']} tokens (packed documents, each row
+starting with BOS): {card['tokens_seen']:,} tokens in {card['train_minutes']} minutes of wall-clock time on a
+shared 2-core CPU machine (about 2 minutes per 100 steps when the machine is otherwise idle). Seed {card['seed']}.
+
+| split | loss (nats/token) |
+| --- | --- |
+| train (first 256 rows) | {card['train_loss']} |
+| held-out documents | {card['heldout_loss']} |
+| unigram baseline, held-out | {card['unigram_heldout_loss']} |
+| first {card['shipped_test_texts']} shipped test texts (`saelab.models.text_loss`) | {card['shipped_test_loss']} |
+| unigram baseline on those texts | {card['shipped_test_unigram_loss']} |
+
+## Data
+About 13 M characters, split by document (1 in 20 held out by hash of the document id):
+- Python 3.11 documentation, reST sources (Debian package `python3.11-doc`): Copyright Python
+  Software Foundation, PSF License Agreement.
+- Python 3.11 standard-library source code, tests excluded (Debian package `libpython3.11-stdlib`):
+  Copyright Python Software Foundation, PSF License Agreement.
+- The Jargon File 4.4.7 by Eric S. Raymond et al. (Debian package `jargon-text`): public domain.
+
+saelab's shipped texts (`saelab.load_texts`) are a sample of the same documents; "test" texts come
+only from the held-out documents.
+
+## Reproduce
+```
+apt-get download python3.11-doc libpython3.11-stdlib jargon-text   # into DIR
+python tools/build_corpus.py --debs DIR --out build/corpus
+python tools/train_tiny_model.py --corpus build/corpus --work build/tiny --steps {card['steps']}
+```
+Training resumes from `build/tiny/ckpt.safetensors` when interrupted.
+"""
 
 
 if __name__ == "__main__":

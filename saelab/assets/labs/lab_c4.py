@@ -1,0 +1,499 @@
+# Lab C.4 "Feature Extraction with SAEs": the one source of notebooks/lab_c4.ipynb (exercises)
+# and solutions/lab_c4.ipynb (solutions). Edit this file, then run `saelab notebooks build` and
+# `saelab notebooks execute`; `saelab notebooks check` fails if the notebooks drift from it.
+# Format: see saelab/notebooks.py (`# %% [tags]` cells, `# BEGIN SOLUTION` / `# END SOLUTION`).
+
+# %% [markdown]
+# # Lab C.4: Feature Extraction with Sparse Autoencoders
+#
+# BEGIN SOLUTION
+# **Solution notebook.** Every exercise is filled in and every check passes; the outputs come from
+# `saelab notebooks execute` on the model named by `$SAELAB_MODEL` (the embedded `tiny` model by default).
+# STUB: **Exercise notebook.** Fill in the cells marked `raise NotImplementedError()`, then run the check
+# STUB: cell below each one. A check prints a line starting with ✅ when your code is right, or says what is
+# STUB: wrong and hints at the usual mistake.
+# END SOLUTION
+#
+# A **sparse autoencoder** (SAE) rewrites a model's activation vector as a sparse combination of many
+# learned directions, its *features*, which are often easier to interpret than the model's neurons.
+# In this lab you will:
+#
+# 1. implement a tied-weight SAE (Part 1),
+# 2. collect activations from a transformer, and see why the BOS token's rows are left out (Part 2),
+# 3. train SAEs at several sparsity levels and read the trade-off on held-out text (Part 3, exercise 1),
+# 4. find features that fire together (Part 4, exercise 2),
+# 5. compare SAEs on an early and a late layer, fairly (Part 5, exercise 3),
+# 6. look closely at a few features (Part 6).
+#
+# **How this notebook works.** After each exercise, the notebook carries on with `saelab`'s reference
+# implementation, not yours, so if you are stuck on one exercise you can still run and learn from the rest.
+#
+# **Model.** By default the lab uses `tiny`, a small GPT-2-style model (4 layers, d_model 128) that ships
+# with `saelab` and runs offline on a laptop CPU in a few minutes. With internet access, set
+# `SAELAB_MODEL=gpt2-small` before starting Jupyter to run the same lab on GPT-2 small (a GPU helps).
+
+# %% [markdown]
+# ## Setup
+#
+# The first cell installs `saelab` when it is missing (on Colab, or on a first run); elsewhere it does
+# nothing. The second loads the model on the best device available (CUDA, then Apple MPS, then CPU).
+
+# %%
+# First run / Colab: install saelab if it is missing. ($SAELAB_PIP may name a wheel or a git URL.)
+import importlib.util
+import os
+import subprocess
+import sys
+
+if importlib.util.find_spec("saelab") is None:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", os.environ.get("SAELAB_PIP", "saelab")])
+
+# %%
+import matplotlib.pyplot as plt
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from IPython.display import display
+
+import saelab
+from saelab import checks
+from saelab.experiments import seed_sweep_layer
+from saelab.train import batch_indices
+
+MODEL_NAME = saelab.default_model_name()  # $SAELAB_MODEL, else "tiny" (embedded, offline)
+device = saelab.resolve_device()          # cuda, then mps, then cpu
+model = saelab.load_model(MODEL_NAME, device=device)
+TINY = MODEL_NAME == "tiny"
+
+# Sizes: small enough for a laptop CPU on "tiny", larger for real models.
+MAX_TOKENS = 20_000 if TINY else 200_000   # training rows (tokens) per layer
+EVAL_TOKENS = 5_000 if TINY else 50_000    # held-out rows
+STEPS = 600 if TINY else 5_000             # training steps (batches of 64) per SAE
+CE_TEXTS = 16 if TINY else 64              # held-out texts for "CE loss recovered"
+N_FEATURES = 4 * model.cfg.d_model         # dictionary size: 4 x d_model, as in the seed
+
+train_texts = saelab.load_texts("train")   # shipped prose and code; "test" is held out
+test_texts = saelab.load_texts("test")
+print(f"{MODEL_NAME}: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, on {device}; "
+      f"{len(train_texts)} training texts, {len(test_texts)} held-out texts")
+
+# %% [markdown]
+# ## Part 1: The tied sparse autoencoder
+#
+# **What.** Implement `encode`, `decode` and `compute_loss` of a tied-weight ReLU SAE:
+#
+# $$f = \mathrm{ReLU}(x W^\top + b_{enc}), \qquad \hat{x} = f W + b_{dec}, \qquad
+# \mathcal{L} = \underbrace{\mathrm{mean}\big((\hat{x} - x)^2\big)}_{\text{recon}}
+# + \lambda \, \underbrace{\mathrm{mean}\,|f|}_{\text{sparsity}}$$
+#
+# with $W$ = `self.encoder.weight` of shape `[n_features, d_model]`. *Tied* means the decoder reuses the
+# encoder's weight, transposed, instead of learning its own; only the decoder bias $b_{dec}$ is separate.
+#
+# **Why.** The reconstruction term keeps the features faithful to the activation; the L1 term pushes most
+# features to zero on each input, so each token is explained by a few features.
+#
+# **Difficulty:** ★☆☆ · **Time:** about 15 minutes
+#
+# <details><summary>Hint 1</summary>
+#
+# `self.encoder(x)` already computes `x @ W.T + b_enc`; `F.linear(f, A, b)` computes `f @ A.T + b`.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `compute_loss` returns the loss as a **tensor** (so that `loss.backward()` works) and the stats as Python
+# floats (`.item()`). "sparsity" is the **mean** of `|features|` over rows and features, not a sum;
+# "n_active" is the mean number of features with a value above 0 per row.
+# </details>
+
+# %%
+class MySAE(nn.Module):
+    """A tied-weight ReLU sparse autoencoder: the decoder reuses the encoder's weight."""
+
+    def __init__(self, d_model, n_features):
+        super().__init__()
+        self.d_model, self.n_features = d_model, n_features
+        self.encoder = nn.Linear(d_model, n_features, bias=True)  # W [n_features, d_model], b_enc [n_features]
+        self.decoder_bias = nn.Parameter(torch.zeros(d_model))    # b_dec [d_model]
+        nn.init.kaiming_uniform_(self.encoder.weight, nonlinearity="relu")
+
+    def encode(self, x):
+        """x [..., d_model] -> features [..., n_features]."""
+        # BEGIN SOLUTION
+        return F.relu(self.encoder(x))
+        # END SOLUTION
+
+    def decode(self, features):
+        """features [..., n_features] -> reconstruction [..., d_model]."""
+        # BEGIN SOLUTION
+        return F.linear(features, self.encoder.weight.T, self.decoder_bias)
+        # END SOLUTION
+
+    def forward(self, x):
+        features = self.encode(x)
+        return self.decode(features), features
+
+    def compute_loss(self, x, sparsity_coef=1e-3):
+        """(loss, {"recon": ..., "sparsity": ..., "n_active": ...}) for a batch x [batch, d_model]."""
+        # BEGIN SOLUTION
+        reconstruction, features = self.forward(x)
+        recon = F.mse_loss(reconstruction, x)
+        sparsity = features.abs().mean()
+        n_active = (features > 0).sum(dim=-1).float().mean()
+        return recon + sparsity_coef * sparsity, {
+            "recon": recon.item(), "sparsity": sparsity.item(), "n_active": n_active.item()}
+        # END SOLUTION
+
+# %% [check]
+checks.check_sae(MySAE)
+
+# %% [markdown]
+# From here on the notebook uses `saelab.TiedSAE`: the same math, plus input validation, a seeded
+# initialisation (`seed=0` gives the same weights every run) and saving in the SAELens format.
+
+# %%
+sae = saelab.TiedSAE(model.cfg.d_model, N_FEATURES, seed=0)
+loss, stats = sae.compute_loss(torch.randn(8, model.cfg.d_model))
+print(sae, stats)
+
+# %% [markdown]
+# ## Part 2: Collecting activations, without the BOS rows
+#
+# **What.** Write `collect_rows(model, texts, layer)`: run the model on each text, take the residual
+# stream after block `layer` (`resid_post`) at every token, leave out the first position (the BOS token
+# `<|endoftext|>` that `model.to_tokens` puts in front), and stack the rows into one tensor
+# `[n_tokens, d_model]`.
+#
+# **Why.** The SAE learns from these rows. The seed notebook kept the BOS rows; below you will see why
+# that hurts.
+#
+# **Difficulty:** ★☆☆ · **Time:** about 10 minutes
+#
+# <details><summary>Hint</summary>
+#
+# `_, cache = model.run_with_cache(model.to_tokens(text))`; then `cache["resid_post", layer]` has shape
+# `[1, pos, d_model]`, and position 0 is BOS.
+# </details>
+
+# %%
+def collect_rows(model, texts, layer):
+    """resid_post rows of `layer` for every token of every text except BOS: [n_tokens, d_model]."""
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            # BEGIN SOLUTION
+            _, cache = model.run_with_cache(model.to_tokens(text))
+            rows.append(cache["resid_post", layer][0, 1:])  # [pos - 1, d_model]: BOS dropped
+            # END SOLUTION
+    return torch.cat(rows, dim=0)
+
+# %% [check]
+checks.check_activations(collect_rows, model)
+
+# %% [markdown]
+# **Why leave BOS out?** Every text starts with the same BOS token, and the model uses its residual stream
+# as a resting place for attention: its norm is far larger than any other token's. Here are the norms at
+# the layer we will study (the seed's layer 6 of 12, at the same relative depth of this model):
+
+# %%
+LAYER = seed_sweep_layer(model)
+with_bos = saelab.collect_activations(model, test_texts[:50], [LAYER], exclude_bos=False)[LAYER]
+norms = with_bos.rows.norm(dim=-1)
+is_bos = with_bos.position == 0
+bos_ratio = (norms[is_bos].mean() / norms[~is_bos].mean()).item()
+print(f"layer {LAYER}: mean norm of BOS rows {norms[is_bos].mean():.1f}, of the other rows "
+      f"{norms[~is_bos].mean():.1f} ({bos_ratio:.1f}x), over {int(is_bos.sum())} texts")
+
+fig, ax = plt.subplots(figsize=(8, 3))
+bins = torch.logspace(torch.log10(norms.min()).item(), torch.log10(norms.max() * 1.05).item(), 60).numpy()
+ax.hist(norms[~is_bos].numpy(), bins=bins, label="other tokens")
+ax.hist(norms[is_bos].numpy(), bins=bins, color="tab:red", label="BOS")
+ax.set(xscale="log", yscale="log", xlabel=f"L2 norm of resid_post, layer {LAYER}", ylabel="rows")
+ax.legend()
+plt.show()
+assert bos_ratio > 2, "BOS rows should stand out"
+
+# %% [markdown]
+# One BOS row per text, each with a squared norm dozens of times the others', would make a large share
+# of the mean squared error: the SAE would spend its capacity reconstructing one uninteresting
+# direction. `saelab.collect_activations` drops BOS rows by default (`exclude_bos=True`), batches the
+# texts, and records where each row came from (for the examples in Parts 4 and 6).
+#
+# We collect training rows from the shipped training texts and held-out rows from the test texts
+# (held out from the SAEs' training *and* from the tiny model's).
+
+# %%
+acts = saelab.collect_activations(model, train_texts, [LAYER], max_tokens=MAX_TOKENS)[LAYER]
+test_acts = saelab.collect_activations(model, test_texts, [LAYER], max_tokens=EVAL_TOKENS)[LAYER]
+print(acts)
+print(test_acts)
+
+# %% [markdown]
+# ## Part 3 (exercise 1): Sparsity levels
+#
+# ### 3a. The training loop
+#
+# **What.** Write the body of the training loop for one sparsity coefficient: for each mini-batch, compute
+# the loss, backpropagate, take an Adam step, and record the loss.
+#
+# **Why.** Every SAE in this lab is trained by this loop. The batches come from
+# `batch_indices(n_rows, batch_size, seed, epochs)`, a seeded shuffle, so the same seed gives the same
+# SAE (and the check can compare your loop with `saelab.train_sae` step for step).
+#
+# **Difficulty:** ★☆☆ · **Time:** about 10 minutes
+#
+# <details><summary>Hint</summary>
+#
+# Four lines: clear the gradients, `sae.compute_loss(rows[batch], sparsity_coef=sparsity_coef)`, backward,
+# step; then append the loss as a float (`loss.item()`).
+# </details>
+
+# %%
+def train_one(sae, rows, sparsity_coef, lr=1e-3, batch_size=64, epochs=1, seed=0):
+    """Train `sae` in place on rows [n, d_model] with Adam; return the loss of every step (floats)."""
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
+    losses = []
+    for batch in batch_indices(len(rows), batch_size, seed=seed, epochs=epochs):
+        # BEGIN SOLUTION
+        optimizer.zero_grad()
+        loss, _ = sae.compute_loss(rows[batch], sparsity_coef=sparsity_coef)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        # END SOLUTION
+    return losses
+
+# %% [check]
+checks.check_training_loop(train_one)
+
+# %% [markdown]
+# ### 3b. The sweep
+#
+# `saelab.sparsity_sweep` trains one SAE per coefficient with this loop (all of them at once, stacked
+# into one model, on the same batches) and measures each on the **held-out** rows:
+# FVU (fraction of variance unexplained: 0 is perfect), L0 (active features per token), dead and dense
+# feature fractions, and *CE loss recovered* (1 = splicing the SAE's reconstruction into the model costs
+# nothing in next-token loss, 0 = as bad as zeroing the activation). Besides the seed's three coefficients
+# we train its 5e-4, used in Parts 4 and 6.
+
+# %%
+COEFS = [1e-2, 1e-3, 5e-4, 1e-4]
+sweep = saelab.sparsity_sweep(acts, coefs=COEFS, eval_activations=test_acts, steps=STEPS,
+                              model=model, texts=test_texts[:CE_TEXTS])
+display(sweep)
+display(sweep.plot())
+l0 = sweep.table.sort_values("coef")["l0"].tolist()
+assert l0 == sorted(l0, reverse=True), "a larger coefficient should give fewer active features"
+
+# %% [markdown]
+# **Question.** Read the plot: what does a larger sparsity coefficient buy, and what does it cost? Which
+# coefficient would you pick to interpret features, and why not the smallest?
+#
+# BEGIN SOLUTION
+# **Answer.** A larger coefficient makes the code sparser (lower L0: fewer features per token, each one
+# easier to read) at the cost of reconstruction (higher FVU, lower CE loss recovered). The smallest
+# coefficient reconstructs best but uses many features per token, often with many *dense* features that
+# fire almost everywhere and mean little. A good choice sits at the knee of the curve: L0 small (tens of
+# features for GPT-2, a handful here) while FVU and CE loss recovered are still close to the best.
+# END SOLUTION
+
+# %% [markdown]
+# ### 3c. Held-out evaluation: why the seed's numbers flatter
+#
+# The seed trained on its 5 prompts repeated 10 times (about 45 distinct tokens) for 50 epochs, and then
+# measured the SAE **on those same rows**. Let us redo exactly that, and then measure the same SAE on the
+# held-out rows.
+
+# %%
+seed_acts = saelab.collect_activations(model, list(saelab.SEED_PROMPTS) * 10, [LAYER])[LAYER]
+seed_run = saelab.sparsity_sweep(seed_acts, coefs=[1e-3], epochs=50)  # the seed: 50 epochs, measured on training rows
+seed_sae = seed_run.saes[1e-3]
+flatter = {
+    "seed SAE, measured on its training prompts": saelab.evaluate(seed_sae, seed_acts),
+    "seed SAE, measured on held-out texts": saelab.evaluate(seed_sae, test_acts),
+    f"SAE trained on {len(acts):,} tokens, held-out": sweep.metrics[1e-3],
+}
+for name, m in flatter.items():
+    print(f"{name:48s} FVU {m.fvu:7.3f}   L0 {m.l0:6.1f}")
+assert flatter["seed SAE, measured on its training prompts"].fvu < flatter["seed SAE, measured on held-out texts"].fvu
+
+# %% [markdown]
+# **Question.** Why does measuring on the training prompts flatter the seed's SAE? What does the
+# held-out number tell you instead?
+#
+# BEGIN SOLUTION
+# **Answer.** With about 45 distinct rows and 50 epochs the SAE can memorise them: it has more features
+# than there are distinct rows, so near-perfect reconstruction on those rows says nothing about new
+# text. Measured on held-out text the same SAE reconstructs far worse, because it never saw the variety of
+# real activations. The held-out number estimates what we care about, how well the dictionary explains
+# activations the SAE has not seen; an SAE trained on many tokens does much better there. (The seed also
+# kept the BOS rows, which made its loss mostly about one direction.)
+# END SOLUTION
+
+# %% [markdown]
+# ## Part 4 (exercise 2): Features that fire together
+#
+# **What.** Write `top_pairs(features, k, min_density)`: given a feature matrix `[n_tokens, n_features]`,
+# keep the features active (> 0) on more than `min_density` of the tokens, compute the Pearson
+# correlation between their columns, and return the `k` most correlated **distinct** pairs as
+# `(i, j, corr)` with feature ids `i < j`, highest first.
+#
+# **Why.** Features that co-activate may be parts of one concept split in two, or steps of one
+# computation. The seed's version had to skip self-pairs and de-duplicate `(i, j)` and
+# `(j, i)` by hand.
+#
+# **Difficulty:** ★★☆ · **Time:** about 20 minutes
+#
+# <details><summary>Hint 1</summary>
+#
+# `active = torch.nonzero((features > 0).float().mean(0) > min_density).flatten()`;
+# `torch.corrcoef(features[:, active].T)` correlates the columns.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `i, j = torch.triu_indices(m, m, offset=1)` lists each pair once and never `(i, i)`. Map positions back
+# to feature ids with `active[i]`.
+# </details>
+
+# %%
+def top_pairs(features, k=10, min_density=0.01):
+    """The k most correlated distinct feature pairs [(i, j, corr)], i < j, highest first."""
+    # BEGIN SOLUTION
+    active = torch.nonzero((features > 0).float().mean(0) > min_density).flatten()
+    corr = torch.corrcoef(features[:, active].T)
+    i, j = torch.triu_indices(len(active), len(active), offset=1)
+    values = corr[i, j]
+    order = values.argsort(descending=True)[:k]
+    return [(int(active[i[o]]), int(active[j[o]]), float(values[o])) for o in order]
+    # END SOLUTION
+
+# %% [check]
+checks.check_top_pairs(top_pairs)
+
+# %% [markdown]
+# The reference, `saelab.feature_correlation`, computes the same streaming over the rows (no dense
+# `[n_tokens, n_features]` matrix), and adds the cosine similarity of the two features' decoder
+# directions. We use the SAE with the seed's coefficient 5e-4, on held-out rows.
+
+# %%
+sae = sweep.saes[5e-4]
+correlation = saelab.feature_correlation(sae, test_acts)
+display(correlation)
+display(correlation.heatmap())
+
+# %% [markdown]
+# Where does the top pair fire? Each line is one token (boxed) in its context; the shading is the
+# feature's activation on every token.
+
+# %%
+i, j = int(correlation.table.feature_i[0]), int(correlation.table.feature_j[0])
+display(saelab.top_activating_examples(sae, test_acts, i, k=5))
+display(saelab.top_activating_examples(sae, test_acts, j, k=5))
+
+# %% [markdown]
+# **Question.** Do the two features fire on the same tokens? Is their decoder cosine high too? What
+# could it mean when two features correlate strongly but point in different directions?
+#
+# BEGIN SOLUTION
+# **Answer.** Look at the boxed tokens: strongly correlated pairs usually fire on the same or neighbouring
+# tokens (the same word piece, the same syntactic slot). A high decoder cosine as well suggests one
+# direction split over two features (*feature splitting*, a sign the dictionary is larger than needed or
+# the L1 penalty low). A strong correlation with a low cosine suggests two different things that tend to
+# occur together (e.g. "inside a code block" and "after an indent"), which is what makes co-activation
+# interesting. Dense features (density near 1) correlate with much of everything; be wary of those pairs.
+# END SOLUTION
+
+# %% [markdown]
+# ## Part 5 (exercise 3): Early vs late layers, compared fairly
+#
+# **What.** Write `fvu(x, x_hat)`, the *fraction of variance unexplained*:
+#
+# $$\mathrm{FVU} = \frac{\sum_{n,d} (x_{nd} - \hat{x}_{nd})^2}{\sum_{n,d} (x_{nd} - \bar{x}_d)^2},
+# \qquad \bar{x}_d = \text{the mean of dimension } d \text{ over the rows.}$$
+#
+# **Why.** The seed compared layers by raw reconstruction loss. The residual stream's norm grows with
+# depth, so a later layer's MSE is larger even when its SAE is just as good. FVU divides by the
+# activations' own variance, which makes layers (and models) comparable.
+#
+# **Difficulty:** ★☆☆ · **Time:** about 10 minutes
+#
+# <details><summary>Hint</summary>
+#
+# Center `x` per dimension (`x - x.mean(dim=0)`) in the denominator; both sums run over rows and
+# dimensions. Return a float.
+# </details>
+
+# %%
+def fvu(x, x_hat):
+    """Fraction of variance unexplained of x_hat [n, d] as a reconstruction of x [n, d]."""
+    # BEGIN SOLUTION
+    return ((x - x_hat).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum()).item()
+    # END SOLUTION
+
+# %% [check]
+checks.check_fvu(fvu)
+
+# %% [markdown]
+# `saelab.compare_layers` collects the rows of both layers in one pass, trains one SAE per layer (the
+# seed's coefficient 5e-4) and reports, on held-out texts, the activation norm, the raw MSE, FVU and L0,
+# then the seed's four test prompts: how many features are active at the last token, and the strongest.
+
+# %%
+layers = saelab.compare_layers(model, train_texts, max_tokens=MAX_TOKENS, eval_texts=test_texts[:30],
+                               steps=STEPS)
+display(layers)
+display(layers.plot())
+early, late = layers.table.iloc[0], layers.table.iloc[-1]
+assert late.activation_norm > early.activation_norm
+
+# %% [markdown]
+# **Question.** By raw MSE, which layer looks harder to reconstruct? And by FVU? Why can the two disagree?
+#
+# BEGIN SOLUTION
+# **Answer.** The late layer's activations have a much larger norm, so its raw MSE is larger almost
+# automatically. FVU divides by each layer's variance: it says how much of the *structure* each SAE
+# misses, which is the comparable quantity. Read the FVU column to decide which layer is harder for an SAE
+# of this size; the MSE column mostly measures the norm. (The seed's claim that early layers are
+# "syntactic" and late ones "semantic" needs feature inspection, Part 6, not loss numbers.)
+# END SOLUTION
+
+# %% [markdown]
+# ## Part 6: What do the features respond to?
+#
+# A *feature card* shows one feature: how often it fires, a histogram of its activations, the held-out
+# tokens where it fires most (in context) and the tokens its decoder direction promotes or suppresses
+# through the unembedding. We look at three typical features of the 5e-4 SAE: alive, not dense, at
+# different densities.
+
+# %%
+density = sweep.metrics[5e-4].feature_density
+typical = torch.nonzero((density > 0.002) & (density < 0.1)).flatten()
+picks = typical[density[typical].argsort(descending=True)]
+picks = [int(picks[n]) for n in (0, len(picks) // 2, len(picks) - 1)] if len(picks) >= 3 else picks.tolist()
+print("features:", picks, "densities:", [f"{density[f]:.2%}" for f in picks])
+for feature in picks:
+    display(saelab.feature_card(model, sae, test_acts, feature))
+
+# %% [markdown]
+# **Question.** For each card, write one sentence: what does the feature respond to? Is it a token, a
+# context (code or prose), a position? Does its logit effect agree with where it fires?
+#
+# BEGIN SOLUTION
+# **Answer.** (Depends on the model and seed; look at the cards above.) Typical answers: a feature that
+# fires on one token or a family of tokens (a keyword, a punctuation mark, the start of a word) with a
+# logit effect that promotes what usually follows; a context feature that fires on many different
+# tokens inside code, or inside prose; a position-like feature that fires early in each text. When the
+# top examples share the boxed token but the logit effect looks unrelated, the feature may be reading the
+# input rather than writing the prediction. Claims need several examples, not one.
+# END SOLUTION
+
+# %% [markdown]
+# ## Wrap-up
+#
+# - A tied SAE is an encoder, a ReLU and the encoder's own weight transposed as the decoder; the L1
+#   coefficient trades reconstruction for sparsity.
+# - Leave BOS rows out, train on many tokens, and measure on held-out text.
+# - Compare layers with FVU, not raw MSE.
+# - Co-activation and feature cards are where interpretation starts.
+#
+# `saelab run --out my_report` runs this whole lab headless and writes an HTML report with the tables,
+# figures and trained SAEs (in SAELens format).
