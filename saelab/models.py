@@ -143,3 +143,23 @@ def _load_pretrained(name: str, device: torch.device):
         raise RuntimeError(f"could not load {name!r}: its weights are not in the local Hugging Face cache and "
                            f"could not be downloaded ({type(e).__name__}). Use load_model('tiny') offline, "
                            f"or connect to the internet once to cache {name!r}.") from None
+
+
+@torch.no_grad()
+def text_loss(model, texts: list[str], context_length: int = 128) -> float:
+    """Mean next-token loss (nats) of `model` over `texts`, each run alone from BOS, truncated.
+
+    The embedded model's card reports this on the first 32 held-out shipped texts
+    (`load_texts("test")`), next to the unigram baseline, so a test can check the weights.
+    """
+    if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) and t for t in texts):
+        raise ValueError(f"texts: expected a non-empty list of non-empty strings, got {type(texts).__name__}")
+    losses = []
+    for text in texts:
+        tokens = model.to_tokens(text, prepend_bos=True)[:, :context_length]
+        if tokens.shape[1] < 2:
+            continue
+        losses.append(model(tokens, return_type="loss").item())
+    if not losses:
+        raise ValueError("texts: every text is shorter than two tokens; nothing to predict")
+    return sum(losses) / len(losses)
