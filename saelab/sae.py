@@ -1,0 +1,269 @@
+"""TiedSAE: the lab's tied-weight ReLU sparse autoencoder, saved and loaded in the SAELens format.
+
+The math is the seed notebook's `SparseAutoencoder`, unchanged:
+
+    features       = relu(x @ W.T + b_enc)          W = encoder.weight [n_features, d_model]
+    reconstruction = features @ W + b_dec           (tied: the decoder is the encoder weight)
+    loss           = mean((reconstruction - x)^2) + sparsity_coef * mean(|features|)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .utils import check_float, check_int, describe
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+# The SAELens on-disk format version we write (SAELens treats configs without it as pre-6.0 and
+# rewrites them, dropping our metadata). It names the format, not the installed SAELens.
+SAE_LENS_FORMAT_VERSION = "6.0.0"
+_FORMAT_METADATA_KEYS = ("sae_lens_version", "sae_lens_training_version", "saelab_version", "saelab_class")
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class TiedSAE(nn.Module):
+    """A tied-weight ReLU SAE: `encoder = nn.Linear(d_model, n_features)`, decoder = encoder weight.
+
+    d_model: width of the activations it reads; n_features: dictionary size (the seed uses 4 * d_model).
+    seed: None draws the initial weights from torch's global RNG exactly as the seed notebook does;
+          an int draws them from a private RNG seeded with it (the global RNG state is untouched), and
+          `TiedSAE(d, n, seed=s)` equals `torch.manual_seed(s); SparseAutoencoder(d, n)` from the seed.
+    metadata: a JSON-able dict (hook_name, layer, model_name, training settings) saved in cfg.json.
+    """
+
+    def __init__(self, d_model: int, n_features: int, seed: int | None = None):
+        super().__init__()
+        check_int("d_model", d_model, minimum=1)
+        check_int("n_features", n_features, minimum=1)
+        check_int("seed", seed, minimum=0, allow_none=True)
+        self.d_model = d_model
+        self.n_features = n_features
+        self.metadata: dict = {}
+        if seed is None:
+            self._build()
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self._build()
+
+    def _build(self) -> None:
+        # The seed's construction order, so the same RNG state gives the same weights.
+        self.encoder = nn.Linear(self.d_model, self.n_features, bias=True)
+        self.decoder_bias = nn.Parameter(torch.zeros(self.d_model))
+        nn.init.kaiming_uniform_(self.encoder.weight, nonlinearity="relu")
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        """The decoder weight [n_features, d_model]: the encoder weight itself (tied)."""
+        return self.encoder.weight
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, n_features={self.n_features}, tied=True"
+
+    # -- validation ------------------------------------------------------------------------------
+    def _check_input(self, name: str, x, width: int, what: str) -> None:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise ValueError(f"{name}: expected a float tensor [..., {width}], got {describe(x)}")
+        if x.dim() == 0 or x.shape[-1] != width:
+            raise ValueError(f"{name}: expected a tensor whose last dimension is {what} = {width}, "
+                             f"got {describe(x)}")
+        weight = self.encoder.weight
+        if x.dtype != weight.dtype or x.device != weight.device:
+            raise ValueError(f"{name}: expected {weight.dtype} on {weight.device} (the SAE's dtype and device), "
+                             f"got {x.dtype} on {x.device}; convert with .to(sae.encoder.weight)")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name}: expected finite values, got {describe(x)} containing NaN or inf")
+
+    # -- unchecked math (the trainer and metrics call these after validating once) -----------------
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.encoder(x))
+
+    def _decode(self, features: torch.Tensor) -> torch.Tensor:
+        return F.linear(features, self.encoder.weight.T, self.decoder_bias)
+
+    def _loss_terms(self, x: torch.Tensor, sparsity_coef: float):
+        """(loss, recon, sparsity, features [rows, n_features]) as tensors, no validation, no host sync.
+        Only `loss` carries a gradient."""
+        return _TiedLoss.apply(x.reshape(-1, self.d_model), self.encoder.weight, self.encoder.bias,
+                               self.decoder_bias, sparsity_coef)
+
+    # -- public API ------------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., d_model] -> features [..., n_features] = relu(x @ W.T + b_enc)."""
+        self._check_input("x", x, self.d_model, "d_model")
+        return self._encode(x)
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """features [..., n_features] -> reconstruction [..., d_model] = features @ W + b_dec."""
+        self._check_input("features", features, self.n_features, "n_features")
+        return self._decode(features)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[..., d_model] -> (reconstruction [..., d_model], features [..., n_features])."""
+        self._check_input("x", x, self.d_model, "d_model")
+        features = self._encode(x)
+        return self._decode(features), features
+
+    def compute_loss(self, x: torch.Tensor, sparsity_coef: float = 1e-3) -> tuple[torch.Tensor, dict]:
+        """The seed's loss on x [..., d_model]: MSE + sparsity_coef * mean |features|.
+
+        Returns (loss, {"recon": MSE, "sparsity": mean |features|, "n_active": mean number of active
+        features per row}) with the dict's values as Python floats, as in the seed.
+        """
+        self._check_input("x", x, self.d_model, "d_model")
+        coef = check_float("sparsity_coef", sparsity_coef, minimum=0.0)
+        loss, recon, sparsity, features = self._loss_terms(x, coef)
+        n_active = (features > 0).sum(dim=-1).float().mean()
+        recon_v, sparsity_v, n_active_v = torch.stack([recon, sparsity, n_active]).detach().tolist()
+        return loss, {"recon": recon_v, "sparsity": sparsity_v, "n_active": n_active_v}
+
+    # -- SAELens format ----------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write the SAELens folder `path/` (cfg.json + sae_weights.safetensors); returns the folder.
+
+        Architecture "standard" with W_enc [d_in, d_sae] = W_dec.T (tied), b_enc, b_dec, and
+        apply_b_dec_to_input false (the seed does not subtract b_dec before encoding), so
+        `sae_lens.SAE.load_from_disk(path)` computes the same features and reconstructions.
+        """
+        from safetensors.torch import save_file
+
+        from . import __version__
+
+        folder = Path(path)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"path: expected a folder (SAELens format), got the existing file {folder}")
+        try:
+            metadata = json.loads(json.dumps(self.metadata))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"sae.metadata: expected JSON-serialisable values, got {self.metadata!r} ({e})") from None
+        weight = self.encoder.weight.detach()
+        dtype = str(weight.dtype).removeprefix("torch.")
+        metadata.update(sae_lens_version=SAE_LENS_FORMAT_VERSION, sae_lens_training_version=None,
+                        saelab_version=__version__, saelab_class="TiedSAE")
+        cfg = {"architecture": "standard", "d_in": self.d_model, "d_sae": self.n_features, "dtype": dtype,
+               "device": str(weight.device), "apply_b_dec_to_input": False, "normalize_activations": "none",
+               "reshape_activations": "none", "metadata": metadata}
+        tensors = {"W_enc": weight.T.contiguous().cpu(), "W_dec": weight.contiguous().cpu(),
+                   "b_enc": self.encoder.bias.detach().contiguous().cpu(),
+                   "b_dec": self.decoder_bias.detach().contiguous().cpu()}
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(folder / WEIGHTS_FILENAME))
+        (folder / CFG_FILENAME).write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+        return folder
+
+    @classmethod
+    def load(cls, path, device=None) -> "TiedSAE":
+        """Load a folder written by `save` (or any SAELens "standard" SAE whose W_enc is W_dec.T and
+        apply_b_dec_to_input is false). device: None picks cuda, then mps, then cpu."""
+        from .models import resolve_device
+
+        folder = Path(path)
+        dev = resolve_device(device)
+        cfg = _read_cfg(folder)
+        d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+        dtype = _DTYPES[cfg.get("dtype", "float32")]
+        tensors = _read_weights(folder / WEIGHTS_FILENAME, d_in, d_sae)
+        W_enc, W_dec = tensors["W_enc"], tensors["W_dec"]
+        if not torch.allclose(W_enc.T.double(), W_dec.double(), rtol=1e-6, atol=1e-8):
+            diff = (W_enc.T.double() - W_dec.double()).abs().max().item()
+            raise RuntimeError(f"{folder / WEIGHTS_FILENAME}: expected a tied SAE with W_enc == W_dec.T, got "
+                               f"untied weights (max |W_enc.T - W_dec| = {diff:.3g}); TiedSAE cannot load it")
+        sae = cls(d_in, d_sae, seed=0)
+        with torch.no_grad():
+            sae.encoder.weight.copy_(W_dec)
+            sae.encoder.bias.copy_(tensors["b_enc"])
+            sae.decoder_bias.copy_(tensors["b_dec"])
+        sae.metadata = {k: v for k, v in cfg.get("metadata", {}).items() if k not in _FORMAT_METADATA_KEYS}
+        return sae.to(device=dev, dtype=dtype)
+
+
+class _TiedLoss(torch.autograd.Function):
+    """The seed's loss on x [rows, d_model] with a hand-written backward.
+
+    Forward: the seed's operations (so the same numbers). Backward: the five matmuls a step needs and
+    little else; the tied weight's two gradients (encoder and decoder use) are summed inside one GEMM
+    instead of being materialised and added, and no [rows, n_features] temporaries are kept beyond
+    the features themselves. Outputs: loss, recon (MSE), sparsity (mean |features|), features.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, b_enc, b_dec, coef):
+        features = F.relu(F.linear(x, weight, b_enc))
+        reconstruction = F.linear(features, weight.T, b_dec)
+        recon = F.mse_loss(reconstruction, x)
+        sparsity = features.mean()  # features >= 0 after the ReLU, so this is mean |features|
+        ctx.save_for_backward(x, weight, features, reconstruction)
+        ctx.coef = coef
+        ctx.mark_non_differentiable(recon, sparsity, features)
+        return recon + coef * sparsity, recon, sparsity, features
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        x, weight, features, reconstruction = ctx.saved_tensors
+        rows, d_model = x.shape
+        grad_out = (reconstruction - x).mul_(grad_loss * (2.0 / (rows * d_model)))      # [rows, d_model]
+        grad_features = torch.mm(grad_out, weight.T)                                      # [rows, n_features]
+        grad_features.add_(grad_loss * (ctx.coef / features.numel())).mul_(features > 0)  # through the ReLU
+        grad_weight = torch.mm(features.T, grad_out).addmm_(grad_features.T, x)           # decoder + encoder use
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.mm(grad_features, weight).sub_(grad_out)
+        return grad_x, grad_weight, grad_features.sum(0), grad_out.sum(0), None
+
+
+def _read_cfg(folder: Path) -> dict:
+    file = folder / CFG_FILENAME
+    if not folder.is_dir():
+        raise FileNotFoundError(f"path: expected a SAELens folder with {CFG_FILENAME} and {WEIGHTS_FILENAME}, "
+                                f"but {folder} is not a folder")
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} is missing: expected a SAELens folder with {CFG_FILENAME} and "
+                                f"{WEIGHTS_FILENAME}")
+    try:
+        cfg = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RuntimeError(f"{file} is corrupt: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise RuntimeError(f"{file} is corrupt: expected a JSON object, got {type(cfg).__name__}")
+    for key in ("d_in", "d_sae"):
+        if isinstance(cfg.get(key), bool) or not isinstance(cfg.get(key), int) or cfg[key] < 1:
+            raise RuntimeError(f"{file}: expected a positive integer {key!r}, got {cfg.get(key)!r}")
+    expected = {"architecture": "standard", "apply_b_dec_to_input": False, "normalize_activations": "none"}
+    for key, want in expected.items():
+        got = cfg.get(key, want if key != "apply_b_dec_to_input" else True)  # SAELens' defaults
+        if got != want:
+            raise RuntimeError(f"{file}: TiedSAE needs {key}={json.dumps(want)}, got {json.dumps(got)}")
+    if cfg.get("dtype", "float32") not in _DTYPES:
+        raise RuntimeError(f"{file}: expected dtype one of {sorted(_DTYPES)}, got {cfg.get('dtype')!r}")
+    if not isinstance(cfg.get("metadata", {}), dict):
+        raise RuntimeError(f"{file}: expected 'metadata' to be a JSON object, got {cfg['metadata']!r}")
+    return cfg
+
+
+def _read_weights(file: Path, d_in: int, d_sae: int) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} is missing: expected the SAE weights next to {CFG_FILENAME}")
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RuntimeError(f"{file} is corrupt: not a readable safetensors file ({e})") from None
+    shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
+    missing = [k for k in shapes if k not in tensors]
+    if missing:
+        raise RuntimeError(f"{file}: expected tensors {list(shapes)}, missing {missing} (found {sorted(tensors)})")
+    for key, shape in shapes.items():
+        t = tensors[key]
+        if tuple(t.shape) != shape or not t.is_floating_point():
+            raise RuntimeError(f"{file}: expected {key} as a float tensor of shape {list(shape)} (cfg.json d_in="
+                               f"{d_in}, d_sae={d_sae}), got {describe(t)}")
+        if not bool(torch.isfinite(t).all()):
+            raise RuntimeError(f"{file}: {key} contains NaN or inf")
+    return {k: tensors[k] for k in shapes}

@@ -1,0 +1,176 @@
+"""train_sae and batch_indices: seeded batches, determinism, history, divergence, metadata, errors."""
+import matplotlib.figure
+import pytest
+import torch
+
+from saelab.sae import TiedSAE
+from saelab.train import TrainResult, batch_indices, train_sae
+
+D, N = 8, 32
+
+
+def _data(n=300, seed=0):
+    """Rows with structure (a few directions plus an offset), so the SAE has something to learn."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.relu(torch.randn(n, 4, generator=g))
+    return codes @ torch.randn(4, D, generator=g) + 0.5
+
+
+def test_batch_indices_are_seeded_permutations_per_epoch():
+    batches = list(batch_indices(10, 4, seed=3, epochs=2))
+    assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2]
+    assert all(b.dtype == torch.int64 for b in batches)
+    first, second = torch.cat(batches[:3]), torch.cat(batches[3:])
+    assert sorted(first.tolist()) == list(range(10)) and sorted(second.tolist()) == list(range(10))
+    assert not torch.equal(first, second)  # reshuffled each epoch
+    again = list(batch_indices(10, 4, seed=3, epochs=2))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    other = torch.cat(list(batch_indices(10, 4, seed=4)))
+    assert not torch.equal(other, first)
+
+
+def test_batch_indices_steps_run_through_epochs_and_override_them():
+    by_steps = list(batch_indices(10, 4, seed=1, epochs=1, steps=5))
+    assert [len(b) for b in by_steps] == [4, 4, 2, 4, 4]
+    by_epochs = list(batch_indices(10, 4, seed=1, epochs=2))
+    assert all(torch.equal(a, b) for a, b in zip(by_steps, by_epochs))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n_rows=0, batch_size=4, seed=0), r"n_rows: expected an int >= 1"),
+    (dict(n_rows=10, batch_size=0, seed=0), r"batch_size: expected an int >= 1"),
+    (dict(n_rows=10, batch_size=4, seed=-2), r"seed: expected an int >= 0"),
+    (dict(n_rows=10, batch_size=4, seed=0, epochs=0), r"epochs: expected an int >= 1"),
+    (dict(n_rows=10, batch_size=4, seed=0, steps=0), r"steps: expected an int >= 1 or None"),
+])
+def test_batch_indices_validates_eagerly(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        batch_indices(**kwargs)  # raises on the call, not on the first next()
+
+
+def _train(seed=0, sae_seed=0, **kwargs):
+    options = dict(steps=30, batch_size=32, device="cpu", progress=False, log_every=10)
+    options.update(kwargs)
+    return train_sae(TiedSAE(D, N, seed=sae_seed), _data(), seed=seed, **options)
+
+
+def test_same_seed_same_numbers_different_seed_different_numbers():
+    a, b, c = _train(seed=0), _train(seed=0), _train(seed=1)
+    assert a.history.equals(b.history)
+    for p, q in zip(a.sae.parameters(), b.sae.parameters()):
+        assert torch.equal(p, q)
+    assert not a.history[["loss"]].equals(c.history[["loss"]])
+    assert not torch.equal(a.sae.encoder.weight, c.sae.encoder.weight)
+
+
+def test_result_history_metrics_and_metadata():
+    data = _data()
+    sae = TiedSAE(D, N, seed=0)
+    before = TiedSAE(D, N, seed=0)
+    held_out = _data(n=100, seed=1)
+    result = train_sae(sae, data, sparsity_coef=1e-3, lr=3e-3, batch_size=32, steps=25, seed=0, device="cpu",
+                       progress=False, eval_activations=held_out, log_every=10)
+    assert isinstance(result, TrainResult) and result.sae is sae
+    assert list(result.history.columns) == ["step", "loss", "recon", "sparsity", "l0"]
+    assert result.history["step"].tolist() == [10, 20, 25]
+    assert (result.history["l0"] >= 0).all() and (result.history["l0"] <= N).all()
+    assert result.train_metrics.n_tokens == 300 and result.eval_metrics.n_tokens == 100
+    assert result.seconds > 0 and result.tokens_per_second > 0
+    # the trained SAE reconstructs better than its initialisation (same init: sae seed 0)
+    start_mse = torch.nn.functional.mse_loss(before(data)[0], data).item()
+    assert result.train_metrics.mse < start_mse
+    # the last history row is the loss of the last batch, as the seed's compute_loss defines it
+    last = result.history.iloc[-1]
+    assert last["loss"] == pytest.approx(last["recon"] + 1e-3 * last["sparsity"], rel=1e-5)
+    assert sae.metadata["lr"] == 3e-3 and sae.metadata["steps"] == 25 and sae.metadata["seed"] == 0
+    assert sae.metadata["sparsity_coef"] == 1e-3 and sae.metadata["batch_size"] == 32
+    assert sae.metadata["optimizer"] == "Adam"
+
+
+def test_steps_are_the_seed_loop_on_the_same_batches():
+    """train_sae == the seed's loop (its SparseAutoencoder, Adam, compute_loss, backward, step)."""
+    from test_sae import SparseAutoencoder
+
+    data = _data(n=100)
+    torch.manual_seed(4)
+    ref = SparseAutoencoder(D, N)
+    optimizer = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    for index in batch_indices(100, 16, seed=5, steps=8):
+        optimizer.zero_grad()
+        loss, _ = ref.compute_loss(data[index], sparsity_coef=0.01)
+        loss.backward()
+        optimizer.step()
+    result = train_sae(TiedSAE(D, N, seed=4), data, sparsity_coef=0.01, lr=1e-2, batch_size=16, steps=8, seed=5,
+                       device="cpu", progress=False)
+    for (name, p_ref), p in zip(ref.named_parameters(), result.sae.parameters()):
+        torch.testing.assert_close(p, p_ref, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_epochs_count_steps_like_the_seed_dataloader():
+    result = _train(steps=None, epochs=2, batch_size=64, log_every=1)  # 300 rows -> 5 batches per epoch
+    assert result.history["step"].tolist() == list(range(1, 11))
+
+
+def test_training_on_activations_matches_the_tensor_and_records_provenance(model, train_texts):
+    from saelab.activations import as_rows, collect_activations
+
+    acts = collect_activations(model, train_texts[:3], layers=[1], context_length=32, progress=False)[1]
+    rows = as_rows(acts).clone()
+    options = dict(steps=12, batch_size=16, seed=2, device="cpu", progress=False, log_every=4)
+    from_acts = train_sae(TiedSAE(model.cfg.d_model, 64, seed=0), acts, **options)
+    from_rows = train_sae(TiedSAE(model.cfg.d_model, 64, seed=0), rows, **options)
+    assert from_acts.history.equals(from_rows.history)
+    meta = from_acts.sae.metadata
+    assert meta["hook_name"] == "blocks.1.hook_resid_post" and meta["layer"] == 1
+    assert meta["model_name"] == acts.model_name and meta["n_train_tokens"] == len(acts)
+    assert "hook_name" not in from_rows.sae.metadata
+
+
+def test_non_finite_loss_stops_naming_the_step():
+    data = _data(n=64)
+    bad_row = 37
+    data[bad_row] = float("inf")
+    order = list(batch_indices(64, 8, seed=0))
+    bad_step = next(i for i, b in enumerate(order, 1) if bad_row in b.tolist())
+    with pytest.raises(FloatingPointError, match=rf"at step {bad_step}; try a lower lr"):
+        train_sae(TiedSAE(D, N, seed=0), data, batch_size=8, epochs=1, seed=0, device="cpu", progress=False,
+                  log_every=100)
+
+
+def test_overflowing_loss_stops_at_step_one_suggesting_a_lower_lr():
+    data = _data(n=64) * 1e18  # squares overflow float32
+    with pytest.raises(FloatingPointError, match=r"step 1; try a lower lr \(e.g. lr=0.1 instead of 1\)"):
+        train_sae(TiedSAE(D, N, seed=0), data, lr=1.0, steps=3, device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(lr=0.0), r"lr: expected a finite number > 0"),
+    (dict(lr=-1e-3), r"lr: expected a finite number > 0"),
+    (dict(sparsity_coef=-1.0), r"sparsity_coef: expected a finite number >= 0"),
+    (dict(batch_size=0), r"batch_size: expected an int >= 1"),
+    (dict(log_every=0), r"log_every: expected an int >= 1"),
+    (dict(steps=0), r"steps: expected an int >= 1 or None"),
+    (dict(device="nonsense"), r"device: expected 'cpu'"),
+    (dict(eval_activations=torch.zeros(5, D + 1)), r"eval_activations: expected rows of width d_model = 8"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        train_sae(TiedSAE(D, N, seed=0), _data(), progress=False, **kwargs)
+
+
+def test_bad_sae_and_activations():
+    with pytest.raises(ValueError, match=r"sae: expected a saelab TiedSAE"):
+        train_sae(torch.nn.Linear(D, N), _data(), progress=False)
+    with pytest.raises(ValueError, match=r"activations: expected rows of width d_model = 8 \(the SAE's\), got 5"):
+        train_sae(TiedSAE(D, N), torch.zeros(10, 5), progress=False)
+    with pytest.raises(ValueError, match=r"activations: expected a single-layer Activations or a float tensor"):
+        train_sae(TiedSAE(D, N), [[0.0] * D], progress=False)
+
+
+def test_plot_has_labelled_loss_and_l0_axes():
+    fig = _train(steps=20, log_every=5).plot()
+    assert isinstance(fig, matplotlib.figure.Figure)
+    labels = [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes]
+    assert labels[0] == ("training step", "loss") and labels[1][0] == "training step"
+    assert "L0" in labels[1][1]
+    assert len(fig.axes[0].lines[0].get_xdata()) == 4
