@@ -90,7 +90,7 @@ def _load_tiny(device: torch.device):
         tokenizer = AutoTokenizer.from_pretrained(str(TINY_DIR))
     except Exception as e:  # tokenizers raises its own exception types
         raise RuntimeError(f"saelab package data is corrupt: the tokenizer in {TINY_DIR} did not load ({e})") from e
-    cfg = HookedTransformerConfig(**card["config"], tokenizer_name=str(TINY_DIR), default_prepend_bos=True,
+    cfg = HookedTransformerConfig(**card["config"], model_name="tiny", tokenizer_name=str(TINY_DIR), default_prepend_bos=True,
                                   original_architecture="GPT2LMHeadModel", device=str(device))
     weights = TINY_DIR / "model.safetensors"
     try:

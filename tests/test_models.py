@@ -12,6 +12,7 @@ from saelab.data import load_texts
 def test_tiny_loads_offline_in_eval_mode(model):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     assert not model.training
+    assert model.cfg.model_name == "tiny"
     card = models.tiny_card()
     assert model.cfg.n_layers == card["config"]["n_layers"] >= 4
     assert 128 <= model.cfg.d_model <= 256
