@@ -459,7 +459,8 @@ def collect_activations(model, texts, layers, hook: str = "resid_post", batch_si
     hook: a short hook name that `transformer_lens.utilities.get_act_name(hook, layer)` maps to a
         per-token hook: "resid_pre", "resid_mid", "resid_post" (default), "attn_out", "mlp_out",
         "mlp_post", "z" (heads flattened) and so on.
-    batch_size: texts per forward pass (right-padded; padding never becomes a row).
+    batch_size: texts per forward pass (right-padded; padding never becomes a row). A text that
+        occurs several times is run once; its rows are copied to each occurrence.
     exclude_bos: drop the BOS rows (position 0), whose norm dwarfs every other row's.
     max_tokens: keep only the first `max_tokens` rows (in text order); texts past them are not run.
     device: where in-memory rows are kept (None: CPU). Rows on disk are read back to the CPU.
@@ -533,8 +534,15 @@ def collect_activations(model, texts, layers, hook: str = "resid_post", batch_si
         position[row:row + hi - lo] = torch.arange(lo, hi)
         token_ids[row:row + hi - lo] = text_tokens[t][lo:hi]
 
+    # Identical texts (the seed repeats its five prompts ten times) give identical rows: run each
+    # distinct (text, span) once and write its rows wherever it occurs.
+    groups: dict = {}
+    for t, lo, hi, row in plan:
+        groups.setdefault((texts[t], lo, hi), (t, lo, hi, []))[3].append(row)
+    runs = list(groups.values())  # (text, first position, last position + 1, [first row of each copy])
+
     # Batches of similar lengths (longest first), so little compute goes to padding.
-    order = sorted(range(len(plan)), key=lambda i: -plan[i][2])
+    order = sorted(range(len(runs)), key=lambda i: -runs[i][2])
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     layer_of = {name: layer for layer, name in hook_names.items()}
     current: list = []
@@ -542,8 +550,10 @@ def collect_activations(model, texts, layers, hook: str = "resid_post", batch_si
     def save(act, hook):
         act = _flatten(act, hook.name)
         store = stores[layer_of[hook.name]]
-        for j, (t, lo, hi, row) in enumerate(current):
-            store.write(row, act[j, lo:hi].to(torch.float32))
+        for j, (t, lo, hi, rows) in enumerate(current):
+            span = act[j, lo:hi].to(torch.float32)
+            for row in rows:
+                store.write(row, span)
 
     fwd_hooks = [(name, save) for name in hook_names.values()]
     bar = progress_bar(total=n_total, progress=progress, unit="tok",
@@ -551,7 +561,7 @@ def collect_activations(model, texts, layers, hook: str = "resid_post", batch_si
     try:
         with torch.inference_mode():
             for b in range(0, len(order), batch_size):
-                current[:] = [plan[i] for i in order[b:b + batch_size]]
+                current[:] = [runs[i] for i in order[b:b + batch_size]]
                 length = max(hi for _, _, hi, _ in current)
                 batch = torch.full((len(current), length), pad_id, dtype=torch.int64)
                 mask = torch.zeros((len(current), length), dtype=torch.int64)
@@ -561,7 +571,7 @@ def collect_activations(model, texts, layers, hook: str = "resid_post", batch_si
                 # an explicit mask: right padding whatever the tokenizer's padding_side says
                 model.run_with_hooks(batch.to(model_device), attention_mask=mask.to(model_device), return_type=None,
                                      stop_at_layer=stop_at, fwd_hooks=fwd_hooks)
-                bar.update(sum(hi - lo for _, lo, hi, _ in current))
+                bar.update(sum((hi - lo) * len(rows) for _, lo, hi, rows in current))
     finally:
         bar.close()
 

@@ -245,3 +245,23 @@ def test_bad_model_and_bad_reads(acts):
         acts[0].iter_rows(-1)
     with pytest.raises(ValueError, match=r"row: expected an int in \[0, "):
         acts.context(len(acts))
+
+
+def test_repeated_texts_run_once_and_give_identical_rows(model, monkeypatch):
+    texts = ["The capital of France is Paris.", "I am so happy today!"] * 3
+    calls = []
+    original = model.run_with_hooks
+
+    def counting(tokens, *args, **kwargs):
+        calls.append(tokens.shape[0])
+        return original(tokens, *args, **kwargs)
+
+    monkeypatch.setattr(model, "run_with_hooks", counting)
+    acts = collect_activations(model, texts, [1], batch_size=16, progress=False)[1]
+    assert calls[1:] == [2]  # after the one-token width probe: one batch of the two distinct texts
+    rows = acts.rows
+    for t in range(2, len(texts)):
+        same = acts.text_index == t
+        earlier = acts.text_index == t % 2
+        assert torch.equal(rows[same], rows[earlier])
+    assert torch.equal(acts.text_index.unique(), torch.arange(len(texts)))
