@@ -1,0 +1,295 @@
+"""Each check accepts the reference, and rejects the stub and typical mistakes with a telling message."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from saelab import checks
+from saelab.checks import CheckFailed
+
+
+# --------------------------------------------------------------------------- check_sae
+
+class SkeletonSAE(nn.Module):
+    """The lab's skeleton with the reference solution filled in (subclasses break one thing each)."""
+
+    def __init__(self, d_model, n_features):
+        super().__init__()
+        self.d_model, self.n_features = d_model, n_features
+        self.encoder = nn.Linear(d_model, n_features, bias=True)
+        self.decoder_bias = nn.Parameter(torch.zeros(d_model))
+        nn.init.kaiming_uniform_(self.encoder.weight, nonlinearity="relu")
+
+    def encode(self, x):
+        return F.relu(self.encoder(x))
+
+    def decode(self, features):
+        return F.linear(features, self.encoder.weight.T, self.decoder_bias)
+
+    def forward(self, x):
+        features = self.encode(x)
+        return self.decode(features), features
+
+    def compute_loss(self, x, sparsity_coef=1e-3):
+        reconstructed, features = self.forward(x)
+        recon = F.mse_loss(reconstructed, x)
+        sparsity = features.abs().mean()
+        return recon + sparsity_coef * sparsity, {
+            "recon": recon.item(), "sparsity": sparsity.item(),
+            "n_active": (features > 0).sum(dim=-1).float().mean().item()}
+
+
+class StubSAE(SkeletonSAE):
+    def encode(self, x):
+        raise NotImplementedError()
+
+
+class UntransposedDecode(SkeletonSAE):
+    def decode(self, features):
+        return F.linear(features, self.encoder.weight, self.decoder_bias)
+
+
+class NoDecoderBias(SkeletonSAE):
+    def decode(self, features):
+        return features @ self.encoder.weight
+
+
+class UntiedDecoder(SkeletonSAE):
+    def __init__(self, d_model, n_features):
+        super().__init__(d_model, n_features)
+        self.decoder = nn.Linear(n_features, d_model)
+
+    def decode(self, features):
+        return self.decoder(features)
+
+
+class NoRelu(SkeletonSAE):
+    def encode(self, x):
+        return self.encoder(x)
+
+
+class SummedL1(SkeletonSAE):
+    def compute_loss(self, x, sparsity_coef=1e-3):
+        reconstructed, features = self.forward(x)
+        recon = F.mse_loss(reconstructed, x)
+        sparsity = features.abs().sum(dim=-1).mean()
+        return recon + sparsity_coef * sparsity, {
+            "recon": recon.item(), "sparsity": sparsity.item(),
+            "n_active": (features > 0).sum(dim=-1).float().mean().item()}
+
+
+class FixedCoef(SkeletonSAE):
+    def compute_loss(self, x, sparsity_coef=1e-3):
+        return super().compute_loss(x, sparsity_coef=1e-3)
+
+
+class FloatLoss(SkeletonSAE):
+    def compute_loss(self, x, sparsity_coef=1e-3):
+        loss, stats = super().compute_loss(x, sparsity_coef)
+        return loss.item(), stats
+
+
+def test_check_sae_accepts_the_reference(capsys):
+    checks.check_sae(SkeletonSAE)
+    checks.check_sae(SkeletonSAE(4, 8))  # an instance works too; its own shape does not matter
+    out = capsys.readouterr().out
+    assert out.startswith("✅ check_sae passed")
+
+
+@pytest.mark.parametrize("cls, words", [
+    (StubSAE, "not implemented yet"),
+    (UntransposedDecode, "not transposed"),
+    (NoDecoderBias, "without the decoder bias"),
+    (UntiedDecoder, "tied"),
+    (NoRelu, "negative values"),
+    (SummedL1, "summed over features"),
+    (FixedCoef, "sparsity_coef"),
+    (FloatLoss, "0-dimensional tensor"),
+])
+def test_check_sae_rejects_mistakes(cls, words):
+    with pytest.raises(CheckFailed, match=words) as info:
+        checks.check_sae(cls)
+    assert isinstance(info.value, AssertionError)
+    assert "\n" not in str(info.value)  # one paragraph
+
+
+def test_check_sae_rejects_a_non_class():
+    with pytest.raises(CheckFailed, match="pass your SAE class"):
+        checks.check_sae("MySAE")
+
+
+# --------------------------------------------------------------------------- check_activations
+
+def reference_rows(model, texts, layer):
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            _, cache = model.run_with_cache(model.to_tokens(text))
+            rows.append(cache["resid_post", layer][0, 1:])
+    return torch.cat(rows)
+
+
+def test_check_activations_accepts_the_reference(model, capsys):
+    checks.check_activations(reference_rows, model)
+    assert capsys.readouterr().out.startswith("✅ check_activations passed")
+
+
+def with_bos(model, texts, layer):
+    with torch.no_grad():
+        return torch.cat([model.run_with_cache(model.to_tokens(t))[1]["resid_post", layer][0] for t in texts])
+
+
+def wrong_layer(model, texts, layer):
+    return reference_rows(model, texts, layer + 1)
+
+
+def not_concatenated(model, texts, layer):
+    return [reference_rows(model, [t], layer) for t in texts]
+
+
+def stub_rows(model, texts, layer):
+    raise NotImplementedError()
+
+
+@pytest.mark.parametrize("fn, words", [
+    (stub_rows, "not implemented yet"),
+    (with_bos, "BOS rows are still in"),
+    (wrong_layer, "rows of layer 2, not layer 1"),
+    (not_concatenated, "torch.cat"),
+])
+def test_check_activations_rejects_mistakes(model, fn, words):
+    with pytest.raises(CheckFailed, match=words):
+        checks.check_activations(fn, model)
+
+
+# --------------------------------------------------------------------------- check_training_loop
+
+def train_one(sae, rows, sparsity_coef, lr=1e-3, batch_size=64, epochs=1, seed=0):
+    from saelab.train import batch_indices
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
+    losses = []
+    for batch in batch_indices(len(rows), batch_size, seed=seed, epochs=epochs):
+        optimizer.zero_grad()
+        loss, _ = sae.compute_loss(rows[batch], sparsity_coef=sparsity_coef)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def no_zero_grad(sae, rows, sparsity_coef, lr=1e-3, batch_size=64, epochs=1, seed=0):
+    from saelab.train import batch_indices
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
+    losses = []
+    for batch in batch_indices(len(rows), batch_size, seed=seed, epochs=epochs):
+        loss, _ = sae.compute_loss(rows[batch], sparsity_coef=sparsity_coef)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def ignores_coef(sae, rows, sparsity_coef, **kwargs):
+    return train_one(sae, rows, 1e-3, **kwargs)
+
+
+def no_step(sae, rows, sparsity_coef, lr=1e-3, batch_size=64, epochs=1, seed=0):
+    from saelab.train import batch_indices
+    return [sae.compute_loss(rows[b], sparsity_coef)[0].item()
+            for b in batch_indices(len(rows), batch_size, seed=seed, epochs=epochs)]
+
+
+def stub_loop(sae, rows, sparsity_coef, lr=1e-3, batch_size=64, epochs=1, seed=0):
+    raise NotImplementedError()
+
+
+def test_check_training_loop_accepts_the_reference(capsys):
+    checks.check_training_loop(train_one)
+    assert capsys.readouterr().out.startswith("✅ check_training_loop passed")
+
+
+@pytest.mark.parametrize("fn, words", [
+    (stub_loop, "not implemented yet"),
+    (no_zero_grad, "zero_grad"),
+    (ignores_coef, "pass the sparsity_coef"),
+    (no_step, "did not change"),
+])
+def test_check_training_loop_rejects_mistakes(fn, words):
+    with pytest.raises(CheckFailed, match=words):
+        checks.check_training_loop(fn)
+
+
+# --------------------------------------------------------------------------- check_top_pairs
+
+def top_pairs(features, k=10, min_density=0.01):
+    active = torch.nonzero((features > 0).float().mean(0) > min_density).flatten()
+    corr = torch.corrcoef(features[:, active].T)
+    i, j = torch.triu_indices(len(active), len(active), offset=1)
+    values = corr[i, j]
+    order = values.argsort(descending=True)[:k]
+    return [(int(active[i[o]]), int(active[j[o]]), float(values[o])) for o in order]
+
+
+def with_self_pairs(features, k=10, min_density=0.01):
+    active = torch.nonzero((features > 0).float().mean(0) > min_density).flatten()
+    corr = torch.corrcoef(features[:, active].T)
+    flat = corr.flatten().argsort(descending=True)[:k]
+    n = len(active)
+    return [(int(active[f // n]), int(active[f % n]), float(corr.flatten()[f])) for f in flat]
+
+
+def with_duplicates(features, k=10, min_density=0.01):
+    active = torch.nonzero((features > 0).float().mean(0) > min_density).flatten()
+    corr = torch.corrcoef(features[:, active].T)
+    corr.fill_diagonal_(0)
+    flat = corr.flatten().argsort(descending=True)[:k]
+    n = len(active)
+    return [(int(active[f // n]), int(active[f % n]), float(corr.flatten()[f])) for f in flat]
+
+
+def subset_positions(features, k=10, min_density=0.01):
+    active = torch.nonzero((features > 0).float().mean(0) > min_density).flatten()
+    return [(a, b, c) for (a, b, c) in (
+        (int((active == i).nonzero()), int((active == j).nonzero()), c) for i, j, c in top_pairs(features, k, min_density))]
+
+
+def stub_pairs(features, k=10, min_density=0.01):
+    raise NotImplementedError()
+
+
+def test_check_top_pairs_accepts_the_reference(capsys):
+    checks.check_top_pairs(top_pairs)
+    assert capsys.readouterr().out.startswith("✅ check_top_pairs passed")
+
+
+@pytest.mark.parametrize("fn, words", [
+    (stub_pairs, "not implemented yet"),
+    (with_self_pairs, "self-pairs"),
+    (with_duplicates, "same pair twice"),
+    (subset_positions, "positions among the frequently active features"),
+])
+def test_check_top_pairs_rejects_mistakes(fn, words):
+    with pytest.raises(CheckFailed, match=words):
+        checks.check_top_pairs(fn)
+
+
+# --------------------------------------------------------------------------- check_fvu
+
+def fvu(x, x_hat):
+    return ((x - x_hat).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum()).item()
+
+
+@pytest.mark.parametrize("fn, words", [
+    (lambda x, x_hat: (_ for _ in ()).throw(NotImplementedError()), "not implemented yet"),
+    (lambda x, x_hat: 1 - fvu(x, x_hat), "explained variance"),
+    (lambda x, x_hat: ((x - x_hat).pow(2).sum() / x.pow(2).sum()).item(), "not the variance"),
+    (lambda x, x_hat: (x - x_hat).pow(2).mean(), "this is the MSE"),
+])
+def test_check_fvu_rejects_mistakes(fn, words):
+    with pytest.raises(CheckFailed, match=words):
+        checks.check_fvu(fn)
+
+
+def test_check_fvu_accepts_the_reference(capsys):
+    checks.check_fvu(fvu)
+    assert capsys.readouterr().out.startswith("✅ check_fvu passed")
