@@ -418,7 +418,7 @@ def check_top_pairs(top_pairs) -> None:
                      "symmetric, so keep only its upper triangle (i < j).")
     if any(math.isnan(c) for _, _, c in got):
         _fail(check, "a correlation is NaN: a feature that never fires has zero variance. Keep only features "
-                     f"active on more than min_density of the rows.")
+                     "active on more than min_density of the rows.")
     if len(got) != len(ref):
         _fail(check, f"top_pairs returned {len(got)} pairs, expected k = {len(ref)}.")
     cs = [c for _, _, c in got]

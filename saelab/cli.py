@@ -7,7 +7,6 @@ Heavy modules (torch, TransformerLens, nbformat) are imported inside the command
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path

@@ -3,42 +3,12 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from saelab.sae import CFG_FILENAME, WEIGHTS_FILENAME, TiedSAE
 
 
-# Verbatim from ../shared/reference/lab_c4_seed.txt ("SAE class (from main notebook)").
-class SparseAutoencoder(nn.Module):
-    def __init__(self, d_model, n_features):
-        super().__init__()
-        self.d_model = d_model
-        self.n_features = n_features
-        self.encoder = nn.Linear(d_model, n_features, bias=True)
-        self.decoder_bias = nn.Parameter(torch.zeros(d_model))
-        nn.init.kaiming_uniform_(self.encoder.weight, nonlinearity='relu')
-
-    def encode(self, x):
-        return F.relu(self.encoder(x))
-
-    def decode(self, features):
-        return F.linear(features, self.encoder.weight.T, self.decoder_bias)
-
-    def forward(self, x):
-        features = self.encode(x)
-        return self.decode(features), features
-
-    def compute_loss(self, x, sparsity_coef=1e-3):
-        reconstructed, features = self.forward(x)
-        recon_loss = F.mse_loss(reconstructed, x)
-        sparsity_loss = features.abs().mean()
-        return recon_loss + sparsity_coef * sparsity_loss, {
-            'recon': recon_loss.item(),
-            'sparsity': sparsity_loss.item(),
-            'n_active': (features > 0).sum(dim=-1).float().mean().item()
-        }
+from seed_reference import SparseAutoencoder  # noqa: E402  (tests/ is on sys.path)
 
 
 D, N = 16, 64

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 ASSETS = Path(__file__).resolve().parents[1] / "saelab" / "assets" / "tiny"
