@@ -1,0 +1,251 @@
+"""The whole lab, headless: `run_lab` collects activations, runs the sparsity sweep, feature
+co-activation, the layer comparison and feature cards, and writes an HTML report (images embedded,
+opens offline), the figures as PNG, the tables as CSV and the SAEs in SAELens format.
+`saelab run` (cli.py) calls it.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+#: Sizes of `saelab run` per model: training tokens per layer, held-out tokens, training steps,
+#: texts for CE loss recovered. "tiny" finishes in a few minutes on 2 CPU cores.
+RUN_SIZES = {"tiny": {"max_tokens": 30_000, "eval_tokens": 10_000, "steps": 600, "ce_texts": 20}}
+RUN_SIZES_DEFAULT = {"max_tokens": 200_000, "eval_tokens": 50_000, "steps": 3000, "ce_texts": 64}
+#: The sweep's coefficients: the seed's 1e-3 (too weak to change L0 at these activation scales, since
+#: the penalty is the MEAN of |features|) up to 30; COEF is the SAE studied after the sweep.
+SWEEP_COEFS = (1e-3, 1.0, 3.0, 10.0, 30.0)
+COEF = 10.0
+BATCH_SIZE, LR = 256, 5e-3
+N_CARDS = 4
+
+
+class _Report:
+    """The HTML report and its files: tables as CSV, figures as PNG (embedded in the page as base64)."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.parts: list[str] = []
+        (out / "figures").mkdir(exist_ok=True)
+        (out / "tables").mkdir(exist_ok=True)
+
+    def add(self, fragment: str) -> None:
+        self.parts.append(fragment)
+
+    def text(self, text: str, tag: str = "p") -> None:
+        import html
+        self.parts.append(f"<{tag}>{html.escape(text)}</{tag}>")
+
+    def table(self, df, name: str, caption: str = "", index: bool = False) -> None:
+        import html
+        path = self.out / "tables" / f"{name}.csv"
+        df.to_csv(path, index=index)
+        shown = df.to_html(index=index, border=0, classes="data",
+                           float_format=lambda v: f"{v:.4g}", na_rep="")
+        self.parts.append(f"<figure>{shown}<figcaption>{html.escape(caption)} "
+                          f"<a href='tables/{name}.csv'>{name}.csv</a></figcaption></figure>")
+
+    def figure(self, fig, name: str, caption: str = "") -> None:
+        import base64
+        import html
+        path = self.out / "figures" / f"{name}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        self.parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
+                          f"<figcaption>{html.escape(caption)} <a href='figures/{name}.png'>{name}.png</a>"
+                          f"</figcaption></figure>")
+
+    def write(self, title: str) -> Path:
+        import html
+        path = self.out / "report.html"
+        style = ("body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1040px;"
+                 "margin:24px auto;padding:0 16px;color:#222;line-height:1.45}"
+                 "h1{font-size:26px}h2{font-size:20px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:36px}"
+                 "table.data{border-collapse:collapse;font-size:13px;margin:6px 0}"
+                 "table.data th,table.data td{padding:3px 10px;border-bottom:1px solid #eee;text-align:right}"
+                 "table.data th{background:#f5f5f5}figure{margin:12px 0 20px}img{max-width:100%;height:auto}"
+                 "figcaption{font-size:12px;color:#666}code{background:#f4f4f4;padding:1px 4px;border-radius:3px}"
+                 ".note{background:#f7f9fc;border-left:3px solid #5b8def;padding:8px 12px}")
+        page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{''.join(self.parts)}"
+                "</body></html>\n")
+        path.write_text(page, encoding="utf-8")
+        return path
+
+
+def _stage(n: int, total: int, text: str) -> None:
+    print(f"[{n}/{total}] {text}", file=sys.stderr, flush=True)
+
+
+def _bos_norms(model, texts, layer):
+    """(DataFrame of row norms for BOS vs other rows, with the largest distance between two BOS rows;
+    norms of BOS rows; norms of other rows)."""
+    import pandas as pd
+
+    from .activations import collect_activations
+    acts = collect_activations(model, texts, [layer], exclude_bos=False)[layer]
+    norms = acts.rows.norm(dim=-1)
+    bos = acts.position == 0
+    table = pd.DataFrame({"rows": ["BOS (position 0)", "all other tokens"],
+                          "count": [int(bos.sum()), int((~bos).sum())],
+                          "mean_norm": [float(norms[bos].mean()), float(norms[~bos].mean())],
+                          "max_norm": [float(norms[bos].max()), float(norms[~bos].max())],
+                          "max_distance_to_first_row": [float((acts.rows[bos] - acts.rows[bos][0]).norm(dim=-1).max()),
+                                                        float((acts.rows[~bos] - acts.rows[~bos][0]).norm(dim=-1).max())]})
+    return table, norms[bos], norms[~bos]
+
+
+def _bos_figure(bos_norms, other_norms, layer):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    lo = max(1e-3, float(min(bos_norms.min(), other_norms.min())))
+    bins = np.geomspace(lo, float(max(bos_norms.max(), other_norms.max())) * 1.05, 60)
+    ax.hist(other_norms.numpy(), bins=bins, color="tab:blue", alpha=0.8, label="other tokens")
+    ax.hist(bos_norms.numpy(), bins=bins, color="tab:red", alpha=0.9, label="BOS (position 0)")
+    ax.set(xscale="log", yscale="log", xlabel=f"L2 norm of the residual stream after layer {layer}",
+           ylabel="rows (log)", title="Why BOS rows are excluded")
+    ax.legend()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def _pick_card_features(correlation, density, n: int) -> list[int]:
+    """Features for cards: the top correlated pair, then alive, not-dense features nearest the median
+    density (typical features rather than the densest)."""
+    import torch
+
+    chosen: list[int] = []
+    if len(correlation.table):
+        chosen += [int(correlation.table.feature_i.iloc[0]), int(correlation.table.feature_j.iloc[0])]
+    alive = torch.nonzero((density > 0.001) & (density < 0.1)).flatten()
+    if len(alive) == 0:
+        alive = torch.nonzero(density > 0).flatten()
+    if len(alive):
+        median = density[alive].median()
+        for f in alive[(density[alive] - median).abs().argsort()].tolist():
+            if len(chosen) >= n:
+                break
+            if f not in chosen:
+                chosen.append(int(f))
+    return chosen[:n]
+
+
+def run_lab(model_name: str, out: Path, seed: int = 0, device=None, max_tokens: int | None = None,
+            progress: bool = True) -> Path:
+    """Run the whole lab on `model_name` and write `out/report.html` with figures, tables and SAEs."""
+    import html
+
+    import pandas as pd
+    import torch
+
+    from . import __version__
+    from .activations import collect_activations
+    from .data import load_texts
+    from .experiments import compare_layers, feature_correlation, seed_sweep_layer, sparsity_sweep
+    from .inspect import feature_card, top_activating_examples
+    from .metrics import evaluate
+    from .models import load_model, resolve_device
+
+    started = time.perf_counter()
+    sizes = dict(RUN_SIZES.get(model_name, RUN_SIZES_DEFAULT))
+    if max_tokens is not None:
+        sizes["max_tokens"] = max_tokens
+    total = 7
+    dev = resolve_device(device)
+    model = load_model(model_name, device=dev)
+    _stage(1, total, f"loaded model {model_name!r} on {dev}")
+    train_texts, test_texts = load_texts("train"), load_texts("test")
+    layer = seed_sweep_layer(model)
+    report = _Report(out)
+    saes_dir = out / "saes"
+    report.add(f"<p class='note'>Model <code>{html.escape(model_name)}</code> ({model.cfg.n_layers} layers, "
+               f"d_model {model.cfg.d_model}) on {dev}; seed {seed}; saelab {__version__}. Tied ReLU SAEs with "
+               f"{4 * model.cfg.d_model} features (4 × d_model) on <code>resid_post</code>, trained on the shipped "
+               f"training texts and evaluated on held-out test texts. Tables are in <code>tables/</code>, figures "
+               f"in <code>figures/</code>, SAEs (SAELens format) in <code>saes/</code>.</p>")
+
+    _stage(2, total, f"collecting activations at layer {layer} (up to {sizes['max_tokens']:,} training tokens)")
+    bos_table, bos, other = _bos_norms(model, test_texts[:50], layer)
+    acts = collect_activations(model, train_texts, [layer], max_tokens=sizes["max_tokens"], progress=progress)[layer]
+    test_acts = collect_activations(model, test_texts, [layer], max_tokens=sizes["eval_tokens"],
+                                    progress=progress)[layer]
+    report.add("<h2>1. Activations</h2>")
+    report.text(f"{len(acts):,} training rows and {len(test_acts):,} held-out rows of resid_post at layer {layer} "
+                f"(the seed's layer 6 of 12 at the same relative depth). BOS rows are dropped: at position 0 the "
+                f"model sees only the BOS token, so every text's BOS row is the same vector (largest distance "
+                f"between two: {bos_table.max_distance_to_first_row[0]:.1e}), with {bos_table.mean_norm[0] / bos_table.mean_norm[1]:.2f}× "
+                "the mean norm of the other rows here (on GPT-2 many times more). Kept in, they are repeated copies "
+                "of one uninformative point that skew training and every metric.")
+    report.table(bos_table, "bos_norms", "Residual norms of BOS rows and of the other rows (50 held-out texts).")
+    report.figure(_bos_figure(bos, other, layer), "bos_norms")
+
+    _stage(3, total, f"sparsity sweep: {len(SWEEP_COEFS)} SAEs, {sizes['steps']} steps each")
+    sweep = sparsity_sweep(acts, coefs=SWEEP_COEFS, eval_activations=test_acts, steps=sizes["steps"], seed=seed,
+                           lr=LR, batch_size=BATCH_SIZE, model=model, texts=test_texts[:sizes["ce_texts"]],
+                           progress=progress, device=dev)
+    for coef, sae in sweep.saes.items():
+        sae.save(saes_dir / f"sweep_layer{layer}_coef{coef:g}")
+    report.add("<h2>2. Sparsity sweep (exercise 1)</h2>")
+    report.text(sweep.summary())
+    report.table(sweep.table.drop(columns=["evaluated_on"]), "sparsity_sweep",
+                 "One SAE per sparsity coefficient, measured on held-out rows. FVU = fraction of variance "
+                 "unexplained; L0 = active features per token; CE loss recovered on held-out texts.")
+    report.figure(sweep.plot(), "sparsity_tradeoff", "The trade-off: sparser codes (lower L0) reconstruct worse.")
+    report.figure(sweep.plot_history(), "sparsity_training", "Training curves (values on each step's batch).")
+    flatter = pd.DataFrame([{"coef": c, "fvu_training_rows": evaluate(s, acts).fvu,
+                             "fvu_held_out": sweep.metrics[c].fvu} for c, s in sweep.saes.items()])
+    report.table(flatter, "train_vs_heldout",
+                 "The seed measured its SAEs on the rows they were trained on; held-out rows give the honest "
+                 "number (with the seed's 5 prompts repeated 10 times the gap is far larger).")
+
+    _stage(4, total, "feature co-activation")
+    coef = COEF
+    sae = sweep.saes[coef]
+    correlation = feature_correlation(sae, test_acts, progress=progress)
+    report.add("<h2>3. Feature co-activation (exercise 2)</h2>")
+    report.text(f"The SAE with sparsity_coef {coef:g} (near the knee of the trade-off). {correlation.summary()}")
+    if len(correlation.table):
+        report.table(correlation.table, "top_correlated_pairs",
+                     "Most correlated distinct pairs among features active on more than 1% of held-out tokens; "
+                     "decoder_cosine = cosine similarity of their decoder directions.")
+        report.figure(correlation.heatmap(), "correlation_heatmap")
+        i, j = int(correlation.table.feature_i.iloc[0]), int(correlation.table.feature_j.iloc[0])
+        report.add(f"<h3>Where the top pair fires: features {i} and {j}</h3>")
+        for f in (i, j):
+            report.add(top_activating_examples(sae, test_acts, f, k=6).html())
+
+    _stage(5, total, "early vs late layers")
+    layers = compare_layers(model, train_texts, max_tokens=sizes["max_tokens"], eval_texts=test_texts[:50],
+                            sparsity_coef=COEF, steps=sizes["steps"], lr=LR, batch_size=BATCH_SIZE, seed=seed,
+                            progress=progress, device=dev)
+    for lay, layer_sae in layers.saes.items():
+        layer_sae.save(saes_dir / f"layer{lay}_coef{layers.settings['sparsity_coef']:g}")
+    report.add("<h2>4. Early vs late layers (exercise 3)</h2>")
+    report.text(layers.summary())
+    report.table(layers.table.drop(columns=["evaluated_on"]), "layer_comparison",
+                 "Raw MSE grows with the residual norm, so compare layers by FVU.")
+    report.figure(layers.plot(), "layer_comparison")
+    report.table(layers.prompt_table, "layer_test_prompts",
+                 "The seed's test prompts: active features and the strongest feature at the last token.")
+
+    _stage(6, total, f"feature cards ({N_CARDS})")
+    density = sweep.metrics[coef].feature_density
+    report.add("<h2>5. Feature cards</h2>")
+    report.text(f"Features of the coef {coef:g} SAE at layer {layer}: the top correlated pair, then typical "
+                "features (density nearest the median of the alive, not dense ones). Where do they fire, and "
+                "what do they push the next-token prediction towards?")
+    for f in _pick_card_features(correlation, density, N_CARDS):
+        card = feature_card(model, sae, test_acts, f)
+        card.save(out / "cards" / f"feature_{f}.html")
+        report.add(card.html())
+
+    _stage(7, total, "writing the report")
+    seconds = time.perf_counter() - started
+    report.add(f"<p style='color:#777;font-size:12px;margin-top:32px'>Generated by <code>saelab run --model "
+               f"{html.escape(model_name)} --seed {seed}</code> in {seconds:.0f}s.</p>")
+    torch.set_grad_enabled(True)
+    return report.write(f"Lab C.4: Feature extraction with SAEs: report ({model_name})")
