@@ -22,6 +22,8 @@ os.environ.setdefault("SAELAB_PROGRESS", "0")
 
 import torch  # noqa: E402
 
+from memory import status_kb  # noqa: E402  (benchmarks/ is on sys.path)
+
 HERE = os.path.abspath(__file__)
 
 
@@ -78,14 +80,6 @@ def variant_fn(name: str, model, prompts, context_length):
     raise ValueError(f"unknown variant {name!r}")
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def worker(args) -> None:
     torch.set_num_threads(args.threads)
     model = gpt2_small_shaped()
@@ -94,7 +88,7 @@ def worker(args) -> None:
     variant_fn(args.worker, model, prompts[:2], args.context_length)()  # warm-up
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")                                                       # reset VmHWM
-    base = _status_kb("VmRSS")
+    base = status_kb("VmRSS")
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
@@ -102,7 +96,7 @@ def worker(args) -> None:
         times.append(time.perf_counter() - start)
         del out
     print(json.dumps({"seconds": min(times), "base_mb": base / 1024,
-                      "peak_increase_mb": (_status_kb("VmHWM") - base) / 1024}))
+                      "peak_increase_mb": (status_kb("VmHWM") - base) / 1024}))
 
 
 def measure(name: str, args) -> dict:

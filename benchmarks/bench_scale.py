@@ -27,6 +27,8 @@ os.environ.setdefault("SAELAB_PROGRESS", "0")
 
 import torch  # noqa: E402
 
+from memory import status_kb  # noqa: E402  (benchmarks/ is on sys.path)
+
 HERE = os.path.abspath(__file__)
 
 
@@ -63,14 +65,6 @@ def texts_with_tokens(model, n_tokens: int, context_length: int) -> list[str]:
     return texts
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 class Phase:
     """Peak RSS (VmHWM) of one phase, from a reset at its start."""
 
@@ -80,11 +74,11 @@ class Phase:
     def __enter__(self):
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        self.start_mb, self.t0 = _status_kb("VmRSS") / 1024, time.perf_counter()
+        self.start_mb, self.t0 = status_kb("VmRSS") / 1024, time.perf_counter()
 
     def __exit__(self, *exc):
         self.report[self.name] = {"seconds": time.perf_counter() - self.t0, "rss_start_mb": self.start_mb,
-                                  "peak_rss_mb": _status_kb("VmHWM") / 1024, "rss_end_mb": _status_kb("VmRSS") / 1024}
+                                  "peak_rss_mb": status_kb("VmHWM") / 1024, "rss_end_mb": status_kb("VmRSS") / 1024}
         print(f"# {self.name}: {json.dumps(self.report[self.name])}", file=sys.stderr, flush=True)
 
 

@@ -118,7 +118,7 @@ def train_sae(sae: TiedSAE, activations, sparsity_coef: float = 1e-3, lr: float 
     dev = resolve_device(device)
     sae.to(dev).train()
     dtype = sae.encoder.weight.dtype
-    optimizer = _adam(sae, lr)
+    optimizer = adam(sae.parameters(), lr)
 
     records = []
     all_finite = torch.ones((), dtype=torch.bool, device=dev)
@@ -143,14 +143,14 @@ def train_sae(sae: TiedSAE, activations, sparsity_coef: float = 1e-3, lr: float 
             if log:
                 values = torch.stack([loss.detach(), recon.detach(), sparsity.detach(), l0]).tolist()
                 if not all(math.isfinite(v) for v in values[:3]):
-                    _raise_diverged(int(n_finite) + 1, lr, values[0])
+                    raise_diverged(int(n_finite) + 1, lr, values[0])
                 records.append((step, *values))
                 bar.set_postfix(recon=f"{values[1]:.4g}", l0=f"{values[3]:.1f}", refresh=False)
     finally:
         bar.close()
     seconds = time.perf_counter() - start
     sae.eval()
-    sae.metadata.update(_training_metadata(activations, coef, lr, batch_size, epochs, steps, seed, total, n))
+    sae.metadata.update(training_metadata(activations, coef, lr, batch_size, epochs, steps, seed, total, n))
     return TrainResult(
         sae=sae,
         history=pd.DataFrame(records, columns=list(HISTORY_COLUMNS)).astype({"step": "int64"}),
@@ -161,22 +161,24 @@ def train_sae(sae: TiedSAE, activations, sparsity_coef: float = 1e-3, lr: float 
     )
 
 
-def _adam(sae: TiedSAE, lr: float) -> torch.optim.Adam:
-    """The seed's optimizer (Adam, default betas and eps); the fused kernel where torch has one for the
-    device (one pass over the weights instead of ~10), else the default implementation."""
+def adam(params, lr: float) -> torch.optim.Adam:
+    """The seed's optimizer (Adam, default betas and eps) over `params`; the fused kernel where torch
+    has one for the device (one pass over the weights instead of ~10), else the default implementation.
+    `train_sae` and the stacked sparsity sweep both use it."""
+    params = list(params)
     try:
-        return torch.optim.Adam(sae.parameters(), lr=lr, fused=True)
-    except RuntimeError:  # no fused Adam for this device / torch version
-        return torch.optim.Adam(sae.parameters(), lr=lr)
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused Adam for this device / torch version
+        return torch.optim.Adam(params, lr=lr)
 
 
-def _raise_diverged(step: int, lr: float, loss: float):
+def raise_diverged(step: int, lr: float, loss: float):
     raise FloatingPointError(
         f"training diverged: the loss became {loss} at step {step}; try a lower lr (e.g. lr={lr / 10:g} "
         f"instead of {lr:g}), and check that the activations are finite")
 
 
-def _training_metadata(activations, coef, lr, batch_size, epochs, steps, seed, total, n) -> dict:
+def training_metadata(activations, coef, lr, batch_size, epochs, steps, seed, total, n) -> dict:
     """What `train_sae` records in sae.metadata (JSON-able, saved in cfg.json)."""
     meta = {"trainer": "saelab.train_sae", "optimizer": "Adam", "sparsity_coef": coef, "lr": lr,
             "batch_size": batch_size, "epochs": epochs if steps is None else None, "steps": total,

@@ -22,7 +22,7 @@ from saelab.activations import Activations, d_model_of, gather_rows, n_rows
 from saelab.metrics import EvalResult, ce_loss_recovered, evaluate
 from saelab.models import resolve_device
 from saelab.sae import TiedSAE
-from saelab.train import HISTORY_COLUMNS, _raise_diverged, _training_metadata, batch_indices, n_steps
+from saelab.train import HISTORY_COLUMNS, adam, batch_indices, n_steps, raise_diverged, training_metadata
 from saelab.utils import check_float, check_int, describe, progress_bar
 
 #: The seed notebook's sweep: coefficients, epochs over its rows, Adam lr, batch size, layer 6 of 12.
@@ -285,7 +285,7 @@ def _train_stacked(saes: list[TiedSAE], sources: list, coefs, lr: float, batch_s
         b_enc = torch.stack([s.encoder.bias for s in saes]).to(dev)     # [k, n_features]
         b_dec = torch.stack([s.decoder_bias for s in saes]).to(dev)     # [k, d_model]
     coef_t = torch.tensor(coefs, dtype=W.dtype, device=dev)             # [k]
-    optimizer = _adam([W, b_enc, b_dec], lr)
+    optimizer = adam([W, b_enc, b_dec], lr)
     n_features = W.shape[1]
 
     @functools.lru_cache(maxsize=None)
@@ -317,7 +317,7 @@ def _train_stacked(saes: list[TiedSAE], sources: list, coefs, lr: float, batch_s
                     values = torch.stack([recon + coef_t * sparsity, recon, sparsity, l0], dim=1).tolist()
                     for i, v in enumerate(values):
                         if not all(math.isfinite(u) for u in v[:3]):
-                            _raise_diverged(int(n_finite) + 1, lr, v[0])
+                            raise_diverged(int(n_finite) + 1, lr, v[0])
                         records[i].append((step, *v))
     finally:
         bar.close()
@@ -329,7 +329,7 @@ def _train_stacked(saes: list[TiedSAE], sources: list, coefs, lr: float, batch_s
             sae.encoder.bias.copy_(b_enc[i])
             sae.decoder_bias.copy_(b_dec[i])
             sae.eval()
-            sae.metadata.update(_training_metadata(source, float(coefs[i]), lr, batch_size, epochs, steps, seed,
+            sae.metadata.update(training_metadata(source, float(coefs[i]), lr, batch_size, epochs, steps, seed,
                                                    total, n))
     histories = [pd.DataFrame(r, columns=list(HISTORY_COLUMNS)).astype({"step": "int64"}) for r in records]
     return histories, seconds
@@ -357,12 +357,3 @@ def _stacked_step(x, W, b_enc, b_dec, sparsity_grads, with_loss: bool):
     b_enc.grad = grad_features.sum(dim=1)
     b_dec.grad = grad_out.sum(dim=1)
     return terms
-
-
-def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
-    """Adam as `train_sae` uses it, with the fused kernel where this torch has it for the device (the
-    same update rule in one pass over the weights instead of ten; equal to float rounding)."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
