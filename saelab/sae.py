@@ -8,7 +8,6 @@ The math is the seed notebook's `SparseAutoencoder`, unchanged:
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -19,11 +18,6 @@ from .utils import check_float, check_int, describe
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
-# The SAELens on-disk format version we write (SAELens treats configs without it as pre-6.0 and
-# rewrites them, dropping our metadata). It names the format, not the installed SAELens.
-SAE_LENS_FORMAT_VERSION = "6.0.0"
-_FORMAT_METADATA_KEYS = ("sae_lens_version", "sae_lens_training_version", "saelab_version", "saelab_class")
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class TiedSAE(nn.Module):
@@ -129,57 +123,23 @@ class TiedSAE(nn.Module):
         Architecture "standard" with W_enc [d_in, d_sae] = W_dec.T (tied), b_enc, b_dec, and
         apply_b_dec_to_input false (the seed does not subtract b_dec before encoding), so
         `sae_lens.SAE.load_from_disk(path)` computes the same features and reconstructions.
+        All or nothing: the folder is written beside `path` and swapped in, so a reader (or a kill)
+        sees the previous save or this one, never a mix; an existing `path` is replaced whole (it
+        may hold only an SAE folder's files). Refuses NaN / inf in the weights or the metadata.
+        cfg.json's metadata also carries SAELens's dataset keys (`sae_format.SAELENS_DATASET_DEFAULTS`).
         """
-        from safetensors.torch import save_file
+        from .sae_format import save_tied
 
-        from . import __version__
-
-        folder = Path(path)
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"path: expected a folder (SAELens format), got the existing file {folder}")
-        try:
-            metadata = json.loads(json.dumps(self.metadata))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"sae.metadata: expected JSON-serialisable values, got {self.metadata!r} ({e})") from None
-        weight = self.encoder.weight.detach()
-        dtype = str(weight.dtype).removeprefix("torch.")
-        metadata.update(sae_lens_version=SAE_LENS_FORMAT_VERSION, sae_lens_training_version=None,
-                        saelab_version=__version__, saelab_class="TiedSAE")
-        cfg = {"architecture": "standard", "d_in": self.d_model, "d_sae": self.n_features, "dtype": dtype,
-               "device": str(weight.device), "apply_b_dec_to_input": False, "normalize_activations": "none",
-               "reshape_activations": "none", "metadata": metadata}
-        tensors = {"W_enc": weight.T.contiguous().cpu(), "W_dec": weight.contiguous().cpu(),
-                   "b_enc": self.encoder.bias.detach().contiguous().cpu(),
-                   "b_dec": self.decoder_bias.detach().contiguous().cpu()}
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(folder / WEIGHTS_FILENAME))
-        (folder / CFG_FILENAME).write_text(json.dumps(cfg, indent=2), encoding="utf-8")
-        return folder
+        return save_tied(self, path)
 
     @classmethod
     def load(cls, path, device=None) -> "TiedSAE":
         """Load a folder written by `save` (or any SAELens "standard" SAE whose W_enc is W_dec.T and
-        apply_b_dec_to_input is false). device: None picks cuda, then mps, then cpu."""
-        from .models import resolve_device
+        apply_b_dec_to_input is false). device: None picks cuda, then mps, then cpu. Refuses
+        tensors whose dtype is not cfg.json's `dtype`."""
+        from .sae_format import load_tied
 
-        folder = Path(path)
-        dev = resolve_device(device)
-        cfg = _read_cfg(folder)
-        d_in, d_sae = cfg["d_in"], cfg["d_sae"]
-        dtype = _DTYPES[cfg.get("dtype", "float32")]
-        tensors = _read_weights(folder / WEIGHTS_FILENAME, d_in, d_sae)
-        W_enc, W_dec = tensors["W_enc"], tensors["W_dec"]
-        if not torch.allclose(W_enc.T.double(), W_dec.double(), rtol=1e-6, atol=1e-8):
-            diff = (W_enc.T.double() - W_dec.double()).abs().max().item()
-            raise RuntimeError(f"{folder / WEIGHTS_FILENAME}: expected a tied SAE with W_enc == W_dec.T, got "
-                               f"untied weights (max |W_enc.T - W_dec| = {diff:.3g}); TiedSAE cannot load it")
-        sae = cls(d_in, d_sae, seed=0)
-        with torch.no_grad():
-            sae.encoder.weight.copy_(W_dec)
-            sae.encoder.bias.copy_(tensors["b_enc"])
-            sae.decoder_bias.copy_(tensors["b_dec"])
-        sae.metadata = {k: v for k, v in cfg.get("metadata", {}).items() if k not in _FORMAT_METADATA_KEYS}
-        return sae.to(device=dev, dtype=dtype)
+        return load_tied(path, device, cls)
 
 
 class _TiedLoss(torch.autograd.Function):
@@ -215,55 +175,3 @@ class _TiedLoss(torch.autograd.Function):
             grad_x = torch.mm(grad_features, weight).sub_(grad_out)
         return grad_x, grad_weight, grad_features.sum(0), grad_out.sum(0), None
 
-
-def _read_cfg(folder: Path) -> dict:
-    file = folder / CFG_FILENAME
-    if not folder.is_dir():
-        raise FileNotFoundError(f"path: expected a SAELens folder with {CFG_FILENAME} and {WEIGHTS_FILENAME}, "
-                                f"but {folder} is not a folder")
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} is missing: expected a SAELens folder with {CFG_FILENAME} and "
-                                f"{WEIGHTS_FILENAME}")
-    try:
-        cfg = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RuntimeError(f"{file} is corrupt: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise RuntimeError(f"{file} is corrupt: expected a JSON object, got {type(cfg).__name__}")
-    for key in ("d_in", "d_sae"):
-        if isinstance(cfg.get(key), bool) or not isinstance(cfg.get(key), int) or cfg[key] < 1:
-            raise RuntimeError(f"{file}: expected a positive integer {key!r}, got {cfg.get(key)!r}")
-    expected = {"architecture": "standard", "apply_b_dec_to_input": False, "normalize_activations": "none"}
-    for key, want in expected.items():
-        got = cfg.get(key, want if key != "apply_b_dec_to_input" else True)  # SAELens' defaults
-        if got != want:
-            raise RuntimeError(f"{file}: TiedSAE needs {key}={json.dumps(want)}, got {json.dumps(got)}")
-    if cfg.get("dtype", "float32") not in _DTYPES:
-        raise RuntimeError(f"{file}: expected dtype one of {sorted(_DTYPES)}, got {cfg.get('dtype')!r}")
-    if not isinstance(cfg.get("metadata", {}), dict):
-        raise RuntimeError(f"{file}: expected 'metadata' to be a JSON object, got {cfg['metadata']!r}")
-    return cfg
-
-
-def _read_weights(file: Path, d_in: int, d_sae: int) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} is missing: expected the SAE weights next to {CFG_FILENAME}")
-    try:
-        tensors = load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise RuntimeError(f"{file} is corrupt: not a readable safetensors file ({e})") from None
-    shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
-    missing = [k for k in shapes if k not in tensors]
-    if missing:
-        raise RuntimeError(f"{file}: expected tensors {list(shapes)}, missing {missing} (found {sorted(tensors)})")
-    for key, shape in shapes.items():
-        t = tensors[key]
-        if tuple(t.shape) != shape or not t.is_floating_point():
-            raise RuntimeError(f"{file}: expected {key} as a float tensor of shape {list(shape)} (cfg.json d_in="
-                               f"{d_in}, d_sae={d_sae}), got {describe(t)}")
-        if not bool(torch.isfinite(t).all()):
-            raise RuntimeError(f"{file}: {key} contains NaN or inf")
-    return {k: tensors[k] for k in shapes}

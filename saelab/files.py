@@ -1,0 +1,204 @@
+"""Atomic writes for the whole package: a reader sees the old file or folder, or the new one, never a part.
+
+Everything is written beside its target, in the same folder, under a temp name that says who wrote
+it (`.<name>.saelab-tmp-<pid>-<8 hex>`), then renamed into place. A temp left by a process that died
+(kill -9, power loss) or by a write of this process that raised is removed by the next write of the
+same target; the temps of writes in progress (this process's or a live one's) are left alone.
+
+    atomic_write_text(path, text)            one text file (cfg.json, a card, a notebook)
+    with atomic_file(path) as tmp: ...       one file written by a library call (save_file(..., tmp))
+    with atomic_folder(path) as tmp: ...     a whole folder, swapped in at once (an SAE folder, a run)
+    make_temp_dir(parent, prefix)            a private folder named with this pid (spilled rows);
+    remove_temp(path)                        its removal
+    reclaim_stale(parent, prefix)            remove the temps of `prefix` whose writer is gone
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+from typing import Iterable, Iterator
+
+TEMP_TAG = ".saelab-tmp-"
+_ACTIVE: set[str] = set()   # temps this process is writing now (never reclaimed)
+_RENAME_EXCHANGE = 2        # linux renameat2 flag: swap two paths atomically
+
+
+def temp_prefix(target: Path) -> str:
+    """The name prefix of every temp written for `target`: `.<name>.saelab-tmp-`."""
+    return f".{target.name}{TEMP_TAG}"
+
+
+def owner_alive(pid: int) -> bool:
+    """Whether process `pid` exists (on this machine)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def reclaim_stale(parent: Path, prefix: str) -> list[Path]:
+    """Remove the entries `parent/<prefix><pid>-<hex>` left by a dead process, or by a write of this
+    process that did not finish; returns what was removed. Missing `parent`: nothing to do."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-[0-9a-f]{8}")
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if not match or entry.path in _ACTIVE:
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and owner_alive(pid):
+            continue
+        _remove(Path(entry.path))
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _new_temp(parent: Path, prefix: str) -> Path:
+    path = parent / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+    _ACTIVE.add(str(path))
+    return path
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:  # e.g. folders cannot be opened on Windows: durability is best effort there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; write the file there; on success it replaces `path` in one
+    rename (after fsync), on any exception it is removed and `path` is untouched."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    reclaim_stale(target.parent, temp_prefix(target))
+    tmp = _new_temp(target.parent, temp_prefix(target))
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, target)
+        _fsync(target.parent, directory=True)
+    finally:
+        _ACTIVE.discard(str(tmp))
+        _remove(tmp)  # nothing there after a successful replace
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically; returns the path."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the
+    system or the file system cannot, and nothing was changed."""
+    func = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if os.name == "posix" else None
+    if func is None:
+        return False
+    at_cwd = -100
+    if func(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: not supported here
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+@contextlib.contextmanager
+def atomic_folder(path, replaceable: Iterable[str] = ()) -> Iterator[Path]:
+    """Yield an empty temp folder beside `path`; fill it; on success it takes the place of `path`.
+
+    An existing `path` is replaced whole, and only when it is empty or holds nothing but names in
+    `replaceable` (so a mistyped path never deletes someone's files). The swap is one atomic
+    exchange where the system has it (Linux); elsewhere two renames, between which `path` is briefly
+    absent (a kill at that instant leaves the old folder under a temp name, which the next write
+    removes). On any exception the temp folder is removed and `path` is untouched.
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"path: expected a folder, got the existing file {target}")
+    if target.is_dir():
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in set(replaceable))
+        if foreign:
+            raise ValueError(f"path: {target} exists and holds {foreign[:5]}, which this save would delete; "
+                             f"save into a new folder, or remove them first")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    reclaim_stale(target.parent, temp_prefix(target))
+    tmp = _new_temp(target.parent, temp_prefix(target))
+    try:
+        tmp.mkdir()
+        yield tmp
+        for file in tmp.iterdir():
+            _fsync(file)
+        _fsync(tmp, directory=True)
+        _swap_in(tmp, target)
+        _fsync(target.parent, directory=True)
+    finally:
+        _ACTIVE.discard(str(tmp))
+        _remove(tmp)  # after a swap: the old folder; after an error: the unfinished new one
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put folder `new` at `target`; the old `target` (if any) ends up at `new`'s name."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    if exchange(new, target):
+        return
+    old = _new_temp(target.parent, temp_prefix(target))
+    try:
+        os.rename(target, old)
+        try:
+            os.rename(new, target)
+        except BaseException:
+            os.rename(old, target)  # put the old folder back
+            raise
+        os.rename(old, new)
+    finally:
+        _ACTIVE.discard(str(old))
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """Create a fresh folder `parent/<prefix><pid>-<hex>` for this process, after removing those
+    of `prefix` whose process is gone; remove it with `remove_temp` when done."""
+    parent.mkdir(parents=True, exist_ok=True)
+    reclaim_stale(parent, prefix)
+    path = _new_temp(parent, prefix)
+    path.mkdir()
+    return path
+
+
+def remove_temp(path) -> None:
+    """Remove a folder or file made by `make_temp_dir` (nothing if it is gone)."""
+    _ACTIVE.discard(str(path))
+    _remove(Path(path))
