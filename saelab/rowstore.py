@@ -2,10 +2,19 @@
 
 `MemoryStore` wraps a tensor `[n_rows, width]`; `DiskStore` writes and reads a raw float32 file with
 plain file calls (pwrite / preadv), never keeping a memory map, so the resident memory of a reader
-stays bounded whatever the file's size. `TempDir` removes its folder when garbage-collected.
+stays bounded whatever the file's size.
+
+Spilled rows cannot outlive their process: each file is unlinked the moment it is created (the
+store keeps only its open descriptor), so the kernel frees it when the store is garbage-collected
+or the process dies, kill -9 included. The files are created in `TempDir`, a folder named with the
+owner's pid (`saelab-acts-<pid>-<hex>`), removed when garbage-collected; a folder whose owner is
+gone is removed by the next `TempDir` in the same parent. Space is reserved (posix_fallocate) after
+a free-space check, so a full disk fails at once with a message naming `cache_dir`.
 """
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import shutil
 import tempfile
@@ -15,18 +24,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROW_BYTES = 4  # float32
+from .files import make_temp_dir, remove_temp
 
+ROW_BYTES = 4  # float32
+TEMP_PREFIX = "saelab-acts-"
 
 
 class TempDir:
-    """A directory removed when the last object holding it is garbage-collected."""
+    """A private folder `parent/saelab-acts-<pid>-<hex>`, removed when the last object holding it is
+    garbage-collected. parent: `cache_dir`, or None for the system temp dir."""
 
     def __init__(self, parent: str | os.PathLike | None):
-        if parent is not None:
-            Path(parent).mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix="saelab-acts-", dir=None if parent is None else str(parent)))
-        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), True)
+        self.parent = Path(tempfile.gettempdir() if parent is None else parent)
+        self.where = (f"cache_dir {str(self.parent)!r}" if parent is not None
+                      else f"the system temp dir {str(self.parent)!r} (cache_dir=None)")
+        try:
+            self.path = make_temp_dir(self.parent, TEMP_PREFIX)
+        except OSError as e:
+            raise OSError(f"cache_dir: cannot create a folder for spilled activation rows in {self.where} "
+                          f"({e.strerror or e}); pass cache_dir= a writable folder, or raise "
+                          f"memory_budget_bytes to keep the rows in memory") from None
+        self._finalizer = weakref.finalize(self, remove_temp, str(self.path))
 
 
 class MemoryStore:
@@ -58,7 +76,8 @@ class DiskStore:
     """Rows in a raw little-endian float32 file `[n_rows, width]`.
 
     Writes and reads are plain file I/O (pwrite / preadv), so the data passes through the page cache
-    and never piles up in this process's RSS; only `rows` maps the whole file.
+    and never piles up in this process's RSS; only `rows` maps the whole file. The file at `path`
+    (inside `directory`) is unlinked once created: `fd` holds it, closed when the store is collected.
     """
 
     on_disk = True
@@ -67,22 +86,52 @@ class DiskStore:
         self.path, self.n_rows, self.width = path, n_rows, width
         self.directory = directory  # keeps the directory alive while any store uses it
         self.row_bytes = width * ROW_BYTES
-        with open(path, "wb") as f:
-            f.truncate(n_rows * self.row_bytes)
+        self.nbytes = n_rows * self.row_bytes
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise OSError(f"cache_dir: cannot create {path.name} in {directory.where} ({e.strerror or e})") from None
+        self._finalizer = weakref.finalize(self, os.close, self.fd)
+        os.unlink(path)  # from now on only this descriptor holds the file
+        self._reserve()
+
+    def _reserve(self) -> None:
+        """Check the free space, then allocate the whole file (no sparse file to fill later)."""
+        free = shutil.disk_usage(self.directory.path).free
+        if free < self.nbytes:
+            self._no_space(free)
+        try:
+            os.posix_fallocate(self.fd, 0, self.nbytes)
+        except AttributeError:  # no posix_fallocate on this system: the space check above stands
+            os.ftruncate(self.fd, self.nbytes)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._no_space(shutil.disk_usage(self.directory.path).free)
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            os.ftruncate(self.fd, self.nbytes)
+
+    def _no_space(self, free: int):
+        raise OSError(f"cache_dir: not enough free space in {self.directory.where} for the spilled activation "
+                      f"rows ({self.path.name}): need {self.nbytes} bytes ({self.nbytes / 2**20:.1f} MiB), "
+                      f"{free} bytes free; pass cache_dir= a folder with more space, or fewer texts / "
+                      f"max_tokens") from None
 
     def write(self, start: int, rows: torch.Tensor) -> None:
         data = rows.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes()
-        fd = os.open(self.path, os.O_WRONLY)
         try:
-            os.pwrite(fd, data, start * self.row_bytes)
-        finally:
-            os.close(fd)
+            os.pwrite(self.fd, data, start * self.row_bytes)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._no_space(shutil.disk_usage(self.directory.path).free)
+            raise
 
     def rows(self) -> torch.Tensor:
         if self.n_rows == 0:
             return torch.empty(0, self.width)
         # a copy-on-write map: writable (as torch wants), never writes to the file
-        return torch.from_numpy(np.memmap(self.path, dtype="<f4", mode="c", shape=(self.n_rows, self.width)))
+        mapped = mmap.mmap(self.fd, self.nbytes, access=mmap.ACCESS_COPY)
+        return torch.from_numpy(np.frombuffer(mapped, dtype="<f4").reshape(self.n_rows, self.width))
 
     def gather(self, index: torch.Tensor) -> torch.Tensor:
         # Explicit reads, one per run of consecutive rows: pages of a mapped file that were touched
@@ -100,31 +149,20 @@ class DiskStore:
         sizes = (np.diff(np.concatenate([starts, [len(wanted)]])) * self.row_bytes).tolist()
         offsets = (wanted[starts] * self.row_bytes).tolist()
         view = memoryview(out).cast("B")
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            for at, offset, size in zip((starts * self.row_bytes).tolist(), offsets, sizes):
-                self._read(fd, view[at:at + size], offset)
-        finally:
-            os.close(fd)
+        for at, offset, size in zip((starts * self.row_bytes).tolist(), offsets, sizes):
+            self._read(view[at:at + size], offset)
         return torch.from_numpy(out if inverse is None else out[inverse.reshape(-1)])
 
     def chunk(self, start: int, stop: int) -> torch.Tensor:
         out = torch.empty(stop - start, self.width)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            self._read(fd, memoryview(out.numpy()).cast("B"), start * self.row_bytes)
-        finally:
-            os.close(fd)
+        self._read(memoryview(out.numpy()).cast("B"), start * self.row_bytes)
         return out
 
-    def _read(self, fd: int, view: memoryview, offset: int) -> None:
-        done = os.preadv(fd, [view], offset)
+    def _read(self, view: memoryview, offset: int) -> None:
+        done = os.preadv(self.fd, [view], offset)
         while done < len(view):
-            n = os.preadv(fd, [view[done:]], offset + done)  # a short read: carry on
+            n = os.preadv(self.fd, [view[done:]], offset + done)  # a short read: carry on
             if not n:
                 raise RuntimeError(f"activation file {self.path} is shorter than expected "
                                    f"({self.n_rows} rows of {self.width} floats); was it modified?")
             done += n
-
-
-# ----------------------------------------------------------------------------- Activations
