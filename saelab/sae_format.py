@@ -49,9 +49,8 @@ def saelens_metadata(metadata: dict) -> dict:
         out["context_size"] = out["context_length"]
     if "exclude_special_tokens" not in out and isinstance(out.get("exclude_bos"), bool):
         out["exclude_special_tokens"] = out["exclude_bos"]
-    added = [k for k in SAELENS_DATASET_DEFAULTS if k not in out]
-    out.update({k: SAELENS_DATASET_DEFAULTS[k] for k in added})
-    out["saelab_defaults"] = added
+    out.update({k: v for k, v in SAELENS_DATASET_DEFAULTS.items() if k not in out})
+    out["saelab_defaults"] = [k for k in out if k not in metadata]
     return out
 
 
