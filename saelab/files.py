@@ -28,6 +28,12 @@ _ACTIVE: set[str] = set()   # temps this process is writing now (never reclaimed
 _RENAME_EXCHANGE = 2        # linux renameat2 flag: swap two paths atomically
 
 
+def _target(path) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"path: expected a file or folder path (str or Path), got {type(path).__name__} {path!r}")
+    return Path(path)
+
+
 def temp_prefix(target: Path) -> str:
     """The name prefix of every temp written for `target`: `.<name>.saelab-tmp-`."""
     return f".{target.name}{TEMP_TAG}"
@@ -98,7 +104,9 @@ def _fsync(path: Path, directory: bool = False) -> None:
 def atomic_file(path) -> Iterator[Path]:
     """Yield a temp path beside `path`; write the file there; on success it replaces `path` in one
     rename (after fsync), on any exception it is removed and `path` is untouched."""
-    target = Path(path)
+    target = _target(path)
+    if target.is_dir():
+        raise ValueError(f"path: expected a file, got the existing folder {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
     reclaim_stale(target.parent, temp_prefix(target))
     tmp = _new_temp(target.parent, temp_prefix(target))
@@ -114,6 +122,8 @@ def atomic_file(path) -> Iterator[Path]:
 
 def atomic_write_text(path, text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically; returns the path."""
+    if not isinstance(text, str):
+        raise ValueError(f"text: expected a str, got {type(text).__name__}")
     with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
@@ -144,7 +154,7 @@ def atomic_folder(path, replaceable: Iterable[str] = ()) -> Iterator[Path]:
     absent (a kill at that instant leaves the old folder under a temp name, which the next write
     removes). On any exception the temp folder is removed and `path` is untouched.
     """
-    target = Path(path)
+    target = _target(path)
     if target.exists() and not target.is_dir():
         raise ValueError(f"path: expected a folder, got the existing file {target}")
     if target.is_dir():

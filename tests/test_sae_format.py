@@ -205,3 +205,21 @@ def test_saelens_activations_store_from_sae_works_offline(tmp_path):
     assert acts.shape == (32, model.cfg.d_model) and bool(torch.isfinite(acts).all())
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode(acts), sae.encode(acts), rtol=1e-5, atol=1e-5)
+
+
+def test_atomic_file_writes_keep_the_old_file_and_reclaim_only_dead_writers_temps(tmp_path, monkeypatch):
+    target = tmp_path / "report.html"
+    files.atomic_write_text(target, "old")
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            files.atomic_write_text(target, "new")
+    assert target.read_text() == "old" and _entries(tmp_path) == ["report.html"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    prefix = files.temp_prefix(target)
+    stale, live = tmp_path / f"{prefix}{int(dead.stdout)}-0123abcd", tmp_path / f"{prefix}1-0123abcd"  # pid 1 lives
+    stale.write_text("half"), live.write_text("in progress")
+    files.atomic_write_text(target, "new")
+    assert target.read_text() == "new" and _entries(tmp_path) == sorted(["report.html", live.name])
+    with pytest.raises(ValueError, match=r"path: expected a file or folder path \(str or Path\), got int 3"):
+        files.atomic_write_text(3, "x")
