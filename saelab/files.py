@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -148,8 +149,8 @@ def exchange(a: Path, b: Path) -> bool:
 def atomic_folder(path, replaceable: Iterable[str] = ()) -> Iterator[Path]:
     """Yield an empty temp folder beside `path`; fill it; on success it takes the place of `path`.
 
-    An existing `path` is replaced whole, and only when it is empty or holds nothing but names in
-    `replaceable` (so a mistyped path never deletes someone's files). The swap is one atomic
+    An existing `path` is replaced whole, and only when it is empty or holds nothing but names
+    matching `replaceable` (names or fnmatch patterns; so a mistyped path never deletes anyone's files). The swap is one atomic
     exchange where the system has it (Linux); elsewhere two renames, between which `path` is briefly
     absent (a kill at that instant leaves the old folder under a temp name, which the next write
     removes). On any exception the temp folder is removed and `path` is untouched.
@@ -158,7 +159,8 @@ def atomic_folder(path, replaceable: Iterable[str] = ()) -> Iterator[Path]:
     if target.exists() and not target.is_dir():
         raise ValueError(f"path: expected a folder, got the existing file {target}")
     if target.is_dir():
-        foreign = sorted(p.name for p in target.iterdir() if p.name not in set(replaceable))
+        patterns = list(replaceable)
+        foreign = sorted(p.name for p in target.iterdir() if not any(fnmatch(p.name, pat) for pat in patterns))
         if foreign:
             raise ValueError(f"path: {target} exists and holds {foreign[:5]}, which this save would delete; "
                              f"save into a new folder, or remove them first")
@@ -168,8 +170,8 @@ def atomic_folder(path, replaceable: Iterable[str] = ()) -> Iterator[Path]:
     try:
         tmp.mkdir()
         yield tmp
-        for file in tmp.iterdir():
-            _fsync(file)
+        for item in sorted(tmp.rglob("*"), reverse=True):  # files before the folders holding them
+            _fsync(item, directory=item.is_dir())
         _fsync(tmp, directory=True)
         _swap_in(tmp, target)
         _fsync(target.parent, directory=True)

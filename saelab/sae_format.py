@@ -25,8 +25,9 @@ from .utils import describe
 # rewrites them, dropping our metadata). It names the format, not the installed SAELens.
 SAE_LENS_FORMAT_VERSION = "6.0.0"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
-#: Files a save may replace in an existing folder (SAELens also writes sparsity.safetensors).
-SAE_FOLDER_FILES = (CFG_FILENAME, WEIGHTS_FILENAME, "sparsity.safetensors")
+#: What a save may replace in an existing folder: SAELens's files (it also writes
+#: sparsity.safetensors) and the `.tmpXXXXXX` files that interrupted saves of saelab <= 0.1 left there.
+SAE_FOLDER_FILES = (CFG_FILENAME, WEIGHTS_FILENAME, "sparsity.safetensors", ".tmp*")
 #: SAELens's dataset metadata, used where sae.metadata has no value of its own. dataset_path is the
 #: shipped texts' folder, which `datasets.load_dataset` reads offline (train.jsonl.gz -> "train").
 #: saelab runs each text alone (no concatenation), BOS first, and drops BOS rows by default.

@@ -157,6 +157,10 @@ def test_save_never_deletes_files_that_are_not_an_sae_folders(tmp_path):
     with pytest.raises(ValueError, match=r"notes exists and holds \['thesis.tex'\], which this save would delete"):
         _sae(1).save(folder)
     assert _entries(folder) == ["thesis.tex"] and _entries(tmp_path) == ["notes"]
+    old = _sae(1).save(tmp_path / "old_version")
+    (old / ".tmpk2j4_x").write_bytes(b"left by an interrupted save of saelab 0.1")
+    _sae(2).save(old)                                               # replaced whole, stray temp included
+    assert _entries(old) == [CFG_FILENAME, WEIGHTS_FILENAME] and _which_save(old) == 2
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match=r"path: expected a folder, got the existing file"):
         _sae(1).save(tmp_path / "file")
