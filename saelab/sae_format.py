@@ -211,6 +211,8 @@ def _parse_cfg(file: Path, raw: bytes) -> dict:
     for key in ("d_in", "d_sae"):
         if isinstance(cfg.get(key), bool) or not isinstance(cfg.get(key), int) or cfg[key] < 1:
             raise RuntimeError(f"{file}: expected a positive integer {key!r}, got {cfg.get(key)!r}")
+    if isinstance(cfg.get("dtype"), str):
+        cfg["dtype"] = cfg["dtype"].removeprefix("torch.")  # some SAELens configs write "torch.float32"
     if cfg.get("dtype", "float32") not in DTYPES:
         raise RuntimeError(f"{file}: expected dtype one of {sorted(DTYPES)}, got {cfg.get('dtype')!r}")
     if not isinstance(cfg.get("metadata", {}), dict):
