@@ -43,6 +43,39 @@ _seed = _int_at_least(0, "a non-negative integer")
 _positive = _int_at_least(1, "a positive integer")
 
 
+COMMAND_HELP = {  # name: (one line for the command list, the command's --help description)
+    "run": ("run the whole lab end to end and write an HTML report",
+            "Run the whole lab end to end: collect activations, the sparsity sweep (evaluated on "
+            "held-out texts), feature co-activation, early vs late layers and feature cards. Writes "
+            "DIR/report.html (opens offline; images embedded), the figures as PNG (DIR/figures), the "
+            "tables as CSV (DIR/tables) and the trained SAEs in SAELens format (DIR/saes)."),
+    "notebooks": ("build, check or execute the lab's notebooks",
+                  "Each lab has one source (saelab/assets/labs/*.py, Jupytext's percent format with "
+                  "'# BEGIN SOLUTION' / '# END SOLUTION' markers) from which the exercise notebook "
+                  "(ROOT/notebooks/) and the solution notebook (ROOT/solutions/) are built."),
+    "build": ("write the exercise and solution notebooks from the lab sources",
+              "Write ROOT/notebooks/<lab>.ipynb (exercises: solutions replaced by stubs, no outputs) and "
+              "ROOT/solutions/<lab>.ipynb from each lab source. Unchanged notebooks are left alone (a "
+              "solution notebook keeps its outputs); a changed solution notebook is written without "
+              "outputs: run 'saelab notebooks execute' next."),
+    "check": ("fail if a committed notebook drifted from its source or leaks a solution",
+              "Exit 1 if a notebook differs from what 'build' would write (drift; solution notebooks are "
+              "compared without outputs and execution counts) or if an exercise notebook contains a line "
+              "of a solution (leak); with --outputs, also if executing the solutions would change their "
+              "outputs beyond 3 significant digits. Exit 0 when all is well."),
+    "execute": ("re-run the solution notebooks to regenerate their outputs",
+                "Run each solution notebook in a fresh Jupyter kernel (progress bars off, warnings ignored) "
+                "and write it back with clean outputs (no stderr, no widgets, no paths of this machine), "
+                "unless they are unchanged at 3 significant digits: then the file is kept byte for byte. "
+                "Use --model gpt2-small (with internet) for the instructors' version."),
+    "release": ("write a folder a course can publish: wheel, notebooks, solutions, manifest",
+                "Build saelab's sdist and wheel, write the exercise and solution notebooks with the install "
+                "source filled in, execute and check the solutions, and (with --nbgrader) the nbgrader "
+                "version, into DIR with manifest.json (version, install source, sha256 of every file). DIR "
+                "must not exist or be empty; it is written beside itself and renamed at the end."),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="saelab",
@@ -60,13 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(commands, name: str) -> argparse.ArgumentParser:
+    """The subcommand `name`, with its one-line help and description from COMMAND_HELP."""
+    summary, text = COMMAND_HELP[name]
+    return commands.add_parser(name, help=summary, description=text)
+
+
 def _add_run(commands) -> None:
-    run = commands.add_parser(
-        "run", help="run the whole lab end to end and write an HTML report",
-        description="Run the whole lab end to end: collect activations, the sparsity sweep (evaluated on "
-                    "held-out texts), feature co-activation, early vs late layers and feature cards. Writes "
-                    "DIR/report.html (opens offline; images embedded), the figures as PNG (DIR/figures), the "
-                    "tables as CSV (DIR/tables) and the trained SAEs in SAELens format (DIR/saes).")
+    run = _command(commands, "run")
     _add_model(run)
     run.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: ./{DEFAULT_OUT})")
     run.add_argument("--seed", type=_seed, default=0, help="seed for the SAEs' weights and batch order (default: 0)")
@@ -99,14 +133,10 @@ def _add_sources(parser, root: bool = True) -> None:
 
 
 def _add_notebooks(commands) -> None:
-    nb = commands.add_parser(
-        "notebooks", help="build, check or execute the lab's notebooks",
-        description="Each lab has one source (saelab/assets/labs/*.py, Jupytext's percent format with "
-                    "'# BEGIN SOLUTION' / '# END SOLUTION' markers) from which the exercise notebook "
-                    "(ROOT/notebooks/) and the solution notebook (ROOT/solutions/) are built.")
+    nb = _command(commands, "notebooks")
     actions = nb.add_subparsers(dest="nb_command", metavar="ACTION", parser_class=_Parser)
-    for name, handler, summary, text in NOTEBOOK_ACTIONS:
-        action = actions.add_parser(name, help=summary, description=text)
+    for name, handler in (("build", _cmd_build), ("check", _cmd_check), ("execute", _cmd_execute)):
+        action = _command(actions, name)
         _add_sources(action)
         action.set_defaults(handler=handler)
         if name == "build":
@@ -123,12 +153,7 @@ def _add_notebooks(commands) -> None:
 
 
 def _add_release(commands) -> None:
-    release = commands.add_parser(
-        "release", help="write a folder a course can publish: wheel, notebooks, solutions, manifest",
-        description="Build saelab's wheel, write the exercise and solution notebooks with the install source "
-                    "filled in, execute and check the solutions, and (with --nbgrader) the nbgrader version, "
-                    "into DIR with manifest.json (version, install source, sha256 of every file). DIR must "
-                    "not exist or be empty; it is written beside itself and renamed at the end.")
+    release = _command(commands, "release")
     release.add_argument("dir", metavar="DIR", help="the folder to write")
     _add_sources(release, root=False)
     release.add_argument("--nbgrader", action="store_true", help="also write DIR/nbgrader/, an nbgrader course folder")
@@ -264,25 +289,6 @@ def _cmd_release(args) -> int:
         return 1
     print(f"saelab release: wrote {folder} (see {folder / 'manifest.json'})")
     return 0
-
-
-NOTEBOOK_ACTIONS = (
-    ("build", _cmd_build, "write the exercise and solution notebooks from the lab sources",
-     "Write ROOT/notebooks/<lab>.ipynb (exercises: solutions replaced by stubs, no outputs) and "
-     "ROOT/solutions/<lab>.ipynb from each lab source. Unchanged notebooks are left alone (a "
-     "solution notebook keeps its outputs); a changed solution notebook is written without "
-     "outputs: run 'saelab notebooks execute' next."),
-    ("check", _cmd_check, "fail if a committed notebook drifted from its source or leaks a solution",
-     "Exit 1 if a notebook differs from what 'build' would write (drift; solution notebooks are "
-     "compared without outputs and execution counts) or if an exercise notebook contains a line "
-     "of a solution (leak); with --outputs, also if executing the solutions would change their outputs "
-     "beyond 3 significant digits. Exit 0 when all is well."),
-    ("execute", _cmd_execute, "re-run the solution notebooks to regenerate their outputs",
-     "Run each solution notebook in a fresh Jupyter kernel (progress bars off, warnings ignored) and write "
-     "it back with clean outputs (no stderr, no widgets, no paths of this machine), unless they are "
-     "unchanged at 3 significant digits: then the file is kept byte for byte. Use --model gpt2-small "
-     "(with internet) for the instructors' version."),
-)
 
 
 # ------------------------------------------------------------------------------------------- run

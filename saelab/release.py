@@ -1,7 +1,7 @@
 """`saelab release DIR --install-source URL_OR_WHEEL`: a folder a course can publish as is.
 
-DIR gets: dist/saelab-<version>-*.whl (built with `python -m build --wheel --no-isolation` from
-the project that holds saelab), notebooks/<lab>.ipynb (exercises) and solutions/<lab>.ipynb
+DIR gets: dist/ (saelab's sdist and wheel, built with `python -m build --no-isolation` from the
+project that holds saelab: the wheel is built from the sdist, so no stale build/ files get in), notebooks/<lab>.ipynb (exercises) and solutions/<lab>.ipynb
 (executed, outputs cleaned) with the course's install source filled in, nbgrader/ (with
 `nbgrader=True`: an nbgrader course folder, see `saelab.grading`) and manifest.json (saelab's
 version, the install source, and each file's sha256). The solutions are checked (no drift, no
@@ -33,9 +33,9 @@ def project_root() -> Path:
 
 
 def build_wheel(project: str | Path, out: str | Path) -> Path:
-    """Build saelab's wheel from `project` into `out` (needs the `build` package); returns its path."""
+    """Build saelab's sdist and, from it, its wheel into `out` (needs `build`); returns the wheel's path."""
     out = Path(out)
-    command = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(project)]
+    command = [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(project)]
     done = subprocess.run(command, capture_output=True, text=True)
     wheels = sorted(out.glob("*.whl"))
     if done.returncode != 0 or len(wheels) != 1:
