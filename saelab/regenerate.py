@@ -9,8 +9,9 @@ home folder) are replaced by short placeholders such as `<site-packages>`.
 
 Numbers that a change of CPU can move are not noise to commit: `compare_outputs` compares two
 executions with every decimal number rounded to `DIGITS` significant digits (integers, such as ids
-and counts, compare exactly; a number written with a different count of digits is a change), and
-images by their pixels (`IMAGE_TOLERANCE`: the fraction of pixels that may differ).
+and counts, compare exactly; a number written with a different count of digits is a change),
+durations in seconds ignored, and images by their pixels (`IMAGE_TOLERANCE`: the fraction of
+pixels that may differ).
 `execute` keeps the committed file byte for byte when nothing changed beyond that; `check_outputs`
 executes without writing and reports what a regeneration would change.
 """
@@ -33,12 +34,13 @@ IMAGE_TOLERANCE = 0.01
 KERNEL_ENV = {"SAELAB_PROGRESS": "0", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore", "PYTHONHASHSEED": "0"}
 KERNEL_SETUP = "import warnings; warnings.simplefilter('ignore')"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+_SECONDS = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s?s(?![\w])")  # "11.0s", "3 s": wall-clock time
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.])")
 
 
 def machine_paths(*folders: str | Path) -> list[tuple[str, str]]:
-    """(path, placeholder) pairs for this machine's paths, longest first: `folders` (each shown as
-    `<folder>` unless named), the package, site-packages, the Python prefix, tmp and home."""
+    """(path, placeholder) pairs for this machine's paths, longest first: `folders` (the first shown
+    as `<notebook>`, the others as `<root>`), saelab, site-packages, the Python prefix, tmp and home."""
     pairs = [(Path(f), "<notebook>" if i == 0 else "<root>") for i, f in enumerate(folders)]
     pairs += [(Path(notebooks.__file__).parent, "<saelab>")]
     pairs += [(Path(p), "<site-packages>") for p in site.getsitepackages() + [site.getusersitepackages()]]
@@ -53,8 +55,10 @@ def machine_paths(*folders: str | Path) -> list[tuple[str, str]]:
 
 
 def _scrub(text: str, paths: list[tuple[str, str]]) -> str:
+    """`text` with each path (a whole path component: `/tmp` but not `/tmpfoo`) as its placeholder."""
     for path, placeholder in paths:
-        text = text.replace(path, placeholder)
+        if path in text:
+            text = re.sub(re.escape(path) + r"(?![\w.-])", lambda _: placeholder, text)
     return text
 
 
@@ -92,8 +96,9 @@ def _rounded(match: re.Match) -> str:
 
 
 def normalise(text: str) -> str:
-    """`text` with each decimal number as its value at DIGITS significant digits plus its written shape."""
-    return _NUMBER.sub(_rounded, text)
+    """`text` with each decimal number as its value at DIGITS significant digits plus its written shape,
+    and durations in seconds ("11.0s": wall-clock time, never the same twice) as `<seconds>`."""
+    return _NUMBER.sub(_rounded, _SECONDS.sub("<seconds>", text))
 
 
 def _images_match(a: str, b: str) -> bool:
