@@ -187,16 +187,21 @@ def main(argv=None) -> int:
 # ------------------------------------------------------------------------------------- notebooks
 
 def _nb_paths(args) -> tuple[Path, list[Path] | None]:
+    """(--root, --source files or None for the shipped labs), each checked."""
     root = Path(args.root)
     if not root.is_dir():
         raise UsageError(f"--root: {root} is not a folder")
-    sources = None
-    if args.source:
-        sources = [Path(s) for s in args.source]
-        for s in sources:
-            if not s.is_file():
-                raise UsageError(f"--source: {s} does not exist")
-    return root, sources
+    return root, _sources(args)
+
+
+def _sources(args) -> list[Path] | None:
+    if not args.source:
+        return None
+    sources = [Path(s) for s in args.source]
+    for s in sources:
+        if not s.is_file():
+            raise UsageError(f"--source: {s} does not exist")
+    return sources
 
 
 def _in_cli_terms(message: str, options: dict[str, str]) -> str | None:
@@ -279,7 +284,7 @@ def _cmd_release(args) -> int:
     from .release import release
     if args.install_source is None:
         raise UsageError("--install-source: required: the wheel (path or URL) or git URL students install from")
-    _, sources = _nb_paths(argparse.Namespace(root=".", source=args.source))
+    sources = _sources(args)
     try:
         folder = _nb_errors(release, args.dir, args.install_source, sources, nbgrader=args.nbgrader,
                             wheel=not args.no_wheel, **{k: v for k, v in _run_options(args).items()

@@ -25,12 +25,14 @@ from . import notebooks
 SCHEMA_VERSION = 3
 
 
+GRADE_ID_PREFIX = {"check": "check", "answer": "answer", "written": "answer", "locked": "cell"}
+
+
 def _nbgrader(cell_id: str, role: str, points: float) -> dict:
     """nbgrader cell metadata for a role: "check" (test), "answer", "written" or "locked"."""
     grade = role in ("check", "written")
     meta = {"grade": grade, "solution": role in ("answer", "written"), "locked": role in ("check", "locked"),
-            "grade_id": f"{'cell' if role == 'locked' else role if role != 'written' else 'answer'}-{cell_id}",
-            "schema_version": SCHEMA_VERSION, "task": False}
+            "grade_id": f"{GRADE_ID_PREFIX[role]}-{cell_id}", "schema_version": SCHEMA_VERSION, "task": False}
     if grade:
         meta["points"] = points
     return meta

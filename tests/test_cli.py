@@ -1,6 +1,7 @@
 """The `saelab` command: help, one-line usage errors with exit status 2, and the notebooks commands."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -190,3 +191,20 @@ def test_check_outputs_says_whether_a_regeneration_changes_anything(tmp_path, ca
     printed["text"] = "loss 0.2\n"
     code, _, err = run(["notebooks", "check", "--outputs", *argv], capsys)
     assert code == 1 and "outputs changed beyond 3 significant digits" in err
+
+
+def test_release_passes_its_options_on(tmp_path, capsys, monkeypatch):
+    from saelab import release
+    seen = {}
+
+    def fake_release(folder, install_source, sources, **kwargs):
+        seen.update(folder=folder, install_source=install_source, sources=sources, **kwargs)
+        return Path(folder)
+    monkeypatch.setattr(release, "release", fake_release)
+    source = tmp_path / "lab_y.py"
+    source.write_text(LAB)
+    code, out, _ = run(["release", str(tmp_path / "out"), "--install-source", "x.whl", "--source", str(source),
+                        "--nbgrader", "--no-wheel", "--model", "tiny"], capsys)
+    assert code == 0 and out.startswith(f"saelab release: wrote {tmp_path / 'out'}")
+    assert seen == {"folder": str(tmp_path / "out"), "install_source": "x.whl", "sources": [source],
+                    "nbgrader": True, "wheel": False, "model": "tiny", "timeout": 900}
