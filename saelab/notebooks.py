@@ -21,14 +21,9 @@ header for the source's readers and go to neither notebook.
 One code line may read `INSTALL_SOURCE = None` (at column 0): `install_source=` (the CLI's
 `--install-source`) writes the course's wheel or URL there, as a Python string.
 
-Cell ids are a hash of the cell's source text (numbered when two cells are identical), so
-rebuilding an unchanged source writes the same bytes and editing one cell changes one id.
-Notebooks are written as nbformat 4.5 JSON with sorted keys and a trailing newline.
-
-`build` writes both notebooks (exercise notebooks carry no outputs; a solution notebook whose
-sources are unchanged keeps its outputs). `check` reports drift (a committed notebook differs from
-what `build` writes; solution notebooks are compared without outputs and execution counts) and
-leaks (a solution line in an exercise notebook). `saelab.regenerate` executes the solutions.
+Cell ids hash the cell's source lines (numbered when two cells are identical): rebuilding an
+unchanged source writes the same bytes (nbformat 4.5 JSON, sorted keys, trailing newline).
+`build` writes, `check` finds drift and leaks; `saelab.regenerate` executes the solutions.
 """
 from __future__ import annotations
 
