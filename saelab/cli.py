@@ -1,5 +1,6 @@
-"""The `saelab` command: `saelab run` (the whole lab, headless, to an HTML report) and
-`saelab notebooks build|check|execute` (the lab's exercise and solution notebooks).
+"""The `saelab` command: `saelab run` (the whole lab, headless, to an HTML report),
+`saelab notebooks build|check|execute` (the lab's exercise and solution notebooks) and
+`saelab release DIR` (a folder a course publishes: wheel, notebooks, solutions, nbgrader version).
 
 Heavy modules (torch, TransformerLens, nbformat) are imported inside the commands, so that
 `saelab --help` answers at once. Usage errors print one line and exit with status 2.
@@ -42,26 +43,65 @@ _seed = _int_at_least(0, "a non-negative integer")
 _positive = _int_at_least(1, "a positive integer")
 
 
+COMMAND_HELP = {  # name: (one line for the command list, the command's --help description)
+    "run": ("run the whole lab end to end and write an HTML report",
+            "Run the whole lab end to end: collect activations, the sparsity sweep (evaluated on "
+            "held-out texts), feature co-activation, early vs late layers and feature cards. Writes "
+            "DIR/report.html (opens offline; images embedded), the figures as PNG (DIR/figures), the "
+            "tables as CSV (DIR/tables) and the trained SAEs in SAELens format (DIR/saes)."),
+    "notebooks": ("build, check or execute the lab's notebooks",
+                  "Each lab has one source (saelab/assets/labs/*.py, Jupytext's percent format with "
+                  "'# BEGIN SOLUTION' / '# END SOLUTION' markers) from which the exercise notebook "
+                  "(ROOT/notebooks/) and the solution notebook (ROOT/solutions/) are built."),
+    "build": ("write the exercise and solution notebooks from the lab sources",
+              "Write ROOT/notebooks/<lab>.ipynb (exercises: solutions replaced by stubs, no outputs) and "
+              "ROOT/solutions/<lab>.ipynb from each lab source. Unchanged notebooks are left alone (a "
+              "solution notebook keeps its outputs); a changed solution notebook is written without "
+              "outputs: run 'saelab notebooks execute' next."),
+    "check": ("fail if a committed notebook drifted from its source or leaks a solution",
+              "Exit 1 if a notebook differs from what 'build' would write (drift; solution notebooks are "
+              "compared without outputs and execution counts) or if an exercise notebook contains a line "
+              "of a solution (leak); with --outputs, also if executing the solutions would change their "
+              "outputs beyond 3 significant digits. Exit 0 when all is well."),
+    "execute": ("re-run the solution notebooks to regenerate their outputs",
+                "Run each solution notebook in a fresh Jupyter kernel (progress bars off, warnings ignored) "
+                "and write it back with clean outputs (no stderr, no widgets, no paths of this machine), "
+                "unless they are unchanged at 3 significant digits: then the file is kept byte for byte. "
+                "Use --model gpt2-small (with internet) for the instructors' version."),
+    "release": ("write a folder a course can publish: wheel, notebooks, solutions, manifest",
+                "Build saelab's sdist and wheel, write the exercise and solution notebooks with the install "
+                "source filled in, execute and check the solutions, and (with --nbgrader) the nbgrader "
+                "version, into DIR with manifest.json (version, install source, sha256 of every file). DIR "
+                "must not exist or be empty; it is written beside itself and renamed at the end."),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="saelab",
         description="Lab C.4, feature extraction with sparse autoencoders (SAEs): run the whole lab "
-                    "headless, or build, check and execute the lab's notebooks.",
+                    "headless, build, check and execute the lab's notebooks, or release them for a course.",
         epilog="Models: 'tiny' is embedded and works offline; TransformerLens names such as 'gpt2-small' "
                "need internet access (or a filled Hugging Face cache). $SAELAB_MODEL sets the default.")
     from . import __version__
     parser.add_argument("--version", action="version", version=f"saelab {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_run(commands)
+    _add_notebooks(commands)
+    _add_release(commands)
+    parser.set_defaults(handler=lambda args: _missing_action(parser))
+    return parser
 
-    run = commands.add_parser(
-        "run", help="run the whole lab end to end and write an HTML report",
-        description="Run the whole lab end to end: collect activations, the sparsity sweep (evaluated on "
-                    "held-out texts), feature co-activation, early vs late layers and feature cards. Writes "
-                    "DIR/report.html (opens offline; images embedded), the figures as PNG (DIR/figures), the "
-                    "tables as CSV (DIR/tables) and the trained SAEs in SAELens format (DIR/saes).")
-    run.add_argument("--model", default=None, metavar="NAME",
-                     help="model to study: 'tiny' (embedded, offline) or a TransformerLens name such as "
-                          "'gpt2-small' (default: $SAELAB_MODEL, else 'tiny')")
+
+def _command(commands, name: str) -> argparse.ArgumentParser:
+    """The subcommand `name`, with its one-line help and description from COMMAND_HELP."""
+    summary, text = COMMAND_HELP[name]
+    return commands.add_parser(name, help=summary, description=text)
+
+
+def _add_run(commands) -> None:
+    run = _command(commands, "run")
+    _add_model(run)
     run.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: ./{DEFAULT_OUT})")
     run.add_argument("--seed", type=_seed, default=0, help="seed for the SAEs' weights and batch order (default: 0)")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
@@ -69,43 +109,57 @@ def build_parser() -> argparse.ArgumentParser:
                      help="training tokens per layer (default: 30000 for tiny, 200000 otherwise)")
     run.set_defaults(handler=_cmd_run)
 
-    nb = commands.add_parser(
-        "notebooks", help="build, check or execute the lab's notebooks",
-        description="Each lab has one source (saelab/assets/labs/*.py, percent format with "
-                    "'# BEGIN SOLUTION' / '# END SOLUTION' markers) from which the exercise notebook "
-                    "(ROOT/notebooks/) and the solution notebook (ROOT/solutions/) are built.")
-    nb_commands = nb.add_subparsers(dest="nb_command", metavar="ACTION", parser_class=_Parser)
-    common = _Parser(add_help=False)
-    common.add_argument("--root", default=".", metavar="DIR",
-                        help="folder holding notebooks/ and solutions/ (default: the current folder)")
-    common.add_argument("--source", action="append", default=None, metavar="FILE",
+
+def _add_model(parser, timeout: bool = False) -> None:
+    """--model NAME (and with `timeout`, --timeout SECONDS for executing notebooks)."""
+    parser.add_argument("--model", default=None, metavar="NAME",
+                        help="model to study: 'tiny' (embedded, offline) or a TransformerLens name such as "
+                             "'gpt2-small' (default: $SAELAB_MODEL, else 'tiny')")
+    if timeout:
+        parser.add_argument("--timeout", type=_positive, default=900, metavar="SECONDS",
+                            help="per-cell time limit when executing notebooks (default: 900)")
+
+
+def _add_sources(parser, root: bool = True) -> None:
+    """--root DIR (optional), --source FILE (repeatable) and --install-source URL_OR_WHEEL."""
+    if root:
+        parser.add_argument("--root", default=".", metavar="DIR",
+                            help="folder holding notebooks/ and solutions/ (default: the current folder)")
+    parser.add_argument("--source", action="append", default=None, metavar="FILE",
                         help="a lab source to use (repeatable; default: the labs saelab ships)")
-    build = nb_commands.add_parser(
-        "build", parents=[common], help="write the exercise and solution notebooks from the lab sources",
-        description="Write ROOT/notebooks/<lab>.ipynb (exercises: solutions replaced by stubs, no outputs) and "
-                    "ROOT/solutions/<lab>.ipynb from each lab source. Unchanged notebooks are left alone (a "
-                    "solution notebook keeps its outputs); a changed solution notebook is written without "
-                    "outputs: run 'saelab notebooks execute' next.")
-    build.set_defaults(handler=_cmd_build)
-    check = nb_commands.add_parser(
-        "check", parents=[common], help="fail if a committed notebook drifted from its source or leaks a solution",
-        description="Exit 1 if a notebook differs from what 'build' would write (drift; solution notebooks are "
-                    "compared without outputs and execution counts) or if an exercise notebook contains a line "
-                    "of a solution (leak). Exit 0 when all is well.")
-    check.set_defaults(handler=_cmd_check)
-    execute = nb_commands.add_parser(
-        "execute", parents=[common], help="re-run the solution notebooks to regenerate their outputs",
-        description="Run each solution notebook in a fresh Jupyter kernel and write it back with its outputs "
-                    "(progress bars off). Use --model gpt2-small (with internet) for the instructors' version.")
-    execute.add_argument("--model", default=None, metavar="NAME",
-                         help="model the notebooks load ($SAELAB_MODEL for the kernel; default: $SAELAB_MODEL, "
-                              "else 'tiny')")
-    execute.add_argument("--timeout", type=_positive, default=900, metavar="SECONDS",
-                         help="per-cell time limit (default: 900)")
-    execute.set_defaults(handler=_cmd_execute)
+    parser.add_argument("--install-source", default=None, metavar="URL_OR_WHEEL",
+                        help="what the notebooks' install cell installs saelab from: a wheel (path or URL) "
+                             "or a git URL (written into its `INSTALL_SOURCE = None` line)")
+
+
+def _add_notebooks(commands) -> None:
+    nb = _command(commands, "notebooks")
+    actions = nb.add_subparsers(dest="nb_command", metavar="ACTION", parser_class=_Parser)
+    for name, handler in (("build", _cmd_build), ("check", _cmd_check), ("execute", _cmd_execute)):
+        action = _command(actions, name)
+        _add_sources(action)
+        action.set_defaults(handler=handler)
+        if name == "build":
+            action.add_argument("--nbgrader", default=None, metavar="DIR",
+                                help="also write the nbgrader source version into the course folder DIR "
+                                     "(DIR/source/<lab>/<lab>.ipynb)")
+        if name == "check":
+            action.add_argument("--outputs", action="store_true",
+                                help="also execute the solutions and fail if their outputs would change beyond "
+                                     "3 significant digits")
+        if name != "build":
+            _add_model(action, timeout=True)
     nb.set_defaults(handler=lambda args: _missing_action(nb))
-    parser.set_defaults(handler=lambda args: _missing_action(parser))
-    return parser
+
+
+def _add_release(commands) -> None:
+    release = _command(commands, "release")
+    release.add_argument("dir", metavar="DIR", help="the folder to write")
+    _add_sources(release, root=False)
+    release.add_argument("--nbgrader", action="store_true", help="also write DIR/nbgrader/, an nbgrader course folder")
+    release.add_argument("--no-wheel", action="store_true", help="do not build the wheel (e.g. for a git URL)")
+    _add_model(release, timeout=True)
+    release.set_defaults(handler=_cmd_release)
 
 
 def _missing_action(parser: argparse.ArgumentParser) -> int:
@@ -133,34 +187,59 @@ def main(argv=None) -> int:
 # ------------------------------------------------------------------------------------- notebooks
 
 def _nb_paths(args) -> tuple[Path, list[Path] | None]:
+    """(--root, --source files or None for the shipped labs), each checked."""
     root = Path(args.root)
     if not root.is_dir():
         raise UsageError(f"--root: {root} is not a folder")
-    sources = None
-    if args.source:
-        sources = [Path(s) for s in args.source]
-        for s in sources:
-            if not s.is_file():
-                raise UsageError(f"--source: {s} does not exist")
-    return root, sources
+    return root, _sources(args)
 
 
-def _source_errors(fn, *args, **kwargs):
+def _sources(args) -> list[Path] | None:
+    if not args.source:
+        return None
+    sources = [Path(s) for s in args.source]
+    for s in sources:
+        if not s.is_file():
+            raise UsageError(f"--source: {s} does not exist")
+    return sources
+
+
+def _in_cli_terms(message: str, options: dict[str, str]) -> str | None:
+    """`message` with its leading "argument: " named as the CLI option, or None when none matches."""
+    for prefix, option in options.items():
+        if message.startswith(prefix):
+            return option + message[len(prefix):]
+    return None
+
+
+def _nb_errors(fn, *args, **kwargs):
+    """Call a notebooks function; a bad source, install source or folder becomes a one-line UsageError."""
     from .notebooks import SourceError
     try:
         return fn(*args, **kwargs)
-    except SourceError as e:
-        raise UsageError(str(e)) from None
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        message = _in_cli_terms(str(e), {"install_source: ": "--install-source: ", "folder: ": "DIR: "})
+        if message is None and not isinstance(e, (SourceError, FileExistsError, FileNotFoundError)):
+            raise
+        raise UsageError(message or str(e)) from None
+
+
+def _run_options(args) -> dict:
+    """The kernel options of `regenerate.run_solution` from --model, --timeout and --install-source."""
+    if args.model is not None and not args.model.strip():
+        raise UsageError("--model: expected a model name such as 'tiny' or 'gpt2-small'")
+    return {"model": args.model, "timeout": args.timeout, "install_source": args.install_source}
 
 
 def _cmd_build(args) -> int:
-    from . import notebooks
+    from . import grading, notebooks
     root, sources = _nb_paths(args)
-    written = _source_errors(notebooks.build, root, sources)
+    written = _nb_errors(notebooks.build, root, sources, install_source=args.install_source)
+    if args.nbgrader is not None:
+        written += _nb_errors(grading.build_nbgrader, args.nbgrader, sources, install_source=args.install_source)
     for path in written:
         print(f"wrote {path}")
-    import nbformat
-    if any(p.parent.name == "solutions" and not any(c.get("outputs") for c in nbformat.read(p, as_version=4).cells)
+    if any(p.parent.name == "solutions" and not any(c.get("outputs") for c in notebooks.read_notebook(p).cells)
            for p in written):
         print("solution notebooks have no outputs: run 'saelab notebooks execute' to generate them")
     if not written:
@@ -169,31 +248,51 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from . import notebooks
+    from . import notebooks, regenerate
     root, sources = _nb_paths(args)
-    problems = _source_errors(notebooks.check, root, sources)
+    problems = _nb_errors(notebooks.check, root, sources, install_source=args.install_source)
+    if args.outputs and not problems:
+        try:
+            problems = _nb_errors(regenerate.check_outputs, root, sources, **_run_options(args))
+        except RuntimeError as e:
+            problems = [str(e)]
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
         print(f"saelab notebooks check: {len(problems)} problem(s)", file=sys.stderr)
         return 1
     n = len(sources) if sources else len(notebooks.lab_sources())
-    print(f"saelab notebooks check: OK ({n} lab source(s): no drift, no leaks)")
+    outputs = "; outputs unchanged at 3 significant digits" if args.outputs else ""
+    print(f"saelab notebooks check: OK ({n} lab source(s): no drift, no leaks{outputs})")
     return 0
 
 
 def _cmd_execute(args) -> int:
-    from . import notebooks
+    from . import regenerate
     root, sources = _nb_paths(args)
-    if args.model is not None and not args.model.strip():
-        raise UsageError("--model: expected a model name such as 'tiny' or 'gpt2-small'")
     try:
-        written = _source_errors(notebooks.execute, root, sources, model=args.model, timeout=args.timeout)
+        done = _nb_errors(regenerate.execute, root, sources, **_run_options(args))
     except RuntimeError as e:
         print(f"saelab notebooks execute: {e}", file=sys.stderr)
         return 1
-    for path in written:
-        print(f"executed {path}")
+    for path, what in done:
+        print(f"{path}: {what}")
+    return 0
+
+
+def _cmd_release(args) -> int:
+    from .release import release
+    if args.install_source is None:
+        raise UsageError("--install-source: required: the wheel (path or URL) or git URL students install from")
+    sources = _sources(args)
+    try:
+        folder = _nb_errors(release, args.dir, args.install_source, sources, nbgrader=args.nbgrader,
+                            wheel=not args.no_wheel, **{k: v for k, v in _run_options(args).items()
+                                                       if k != "install_source"})
+    except RuntimeError as e:
+        print(f"saelab release: {e}", file=sys.stderr)
+        return 1
+    print(f"saelab release: wrote {folder} (see {folder / 'manifest.json'})")
     return 0
 
 
@@ -225,11 +324,10 @@ def _cmd_run(args) -> int:
         from .report import run_lab
         report = run_lab(name, out, seed=args.seed, device=args.device, max_tokens=args.max_tokens)
     except ValueError as e:  # a bad model name or device, found by load_model / resolve_device
-        message = str(e)
-        for prefix, option in (("name: ", "--model: "), ("device: ", "--device: ")):
-            if message.startswith(prefix):
-                raise UsageError(option + message[len(prefix):]) from None
-        raise
+        message = _in_cli_terms(str(e), {"name: ": "--model: ", "device: ": "--device: "})
+        if message is None:
+            raise
+        raise UsageError(message) from None
     except RuntimeError as e:
         print(f"saelab run: {e}", file=sys.stderr)
         return 1
@@ -237,3 +335,7 @@ def _cmd_run(args) -> int:
     return 0
 
 
+
+
+if __name__ == "__main__":
+    sys.exit(main())

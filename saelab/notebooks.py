@@ -1,41 +1,38 @@
 """One lab source -> an exercise notebook (notebooks/) and a solution notebook (solutions/).
 
-A lab source is a percent-format Python file (the format Jupytext, VS Code and Spyder read):
+A lab source is a percent-format Python file, read with Jupytext (so Jupytext, VS Code and Spyder
+read it too). Cell tags use Jupytext's cell metadata syntax:
 
-    # %% [markdown]                 a markdown cell: every line is `#` or `# text`
-    # # Lab title
-    # %%                            a code cell
-    import saelab
-    # %% [solution-only]            only in the solution notebook (also: [exercise-only])
-    # %% [markdown, exercise-only]  tags combine, separated by commas
-    # %% [check]                    a check cell: tagged `raises-exception` in the exercise
-    #                               notebook, where the exercise it checks is unfinished
+    # %% [markdown]                           a markdown cell (every line `#` or `# text`)
+    # %%                                      a code cell
+    # %% tags=["solution-only"]               only in the solution notebook (also "exercise-only")
+    # %% [markdown] tags=["exercise-only"]    a markdown cell with a tag
+    # %% tags=["check"]                       a check cell: tagged `raises-exception` in the exercise
+    #                                         notebook, where the exercise it checks is unfinished
 
-In a cell, the lines between `# BEGIN SOLUTION` and `# END SOLUTION` (the nbgrader / otter
-convention) appear only in the solution notebook. The exercise notebook gets a stub instead: the
-region's `# STUB: <line>` lines (each without its `# STUB: ` prefix, at its own indentation), or
-else `raise NotImplementedError()` (markdown: "*Write your answer here.*") at the marker's
-indentation. nbval tags (`raises-exception`, `nbval-skip`, `nbval-ignore-output`,
+saelab's own part is small. In a cell, the lines between `# BEGIN SOLUTION` and `# END SOLUTION`
+(the nbgrader / otter convention) appear only in the solution notebook. The exercise notebook gets
+a stub instead: the region's `# STUB: <line>` lines (each without its `# STUB: ` prefix, at its
+own indentation), or else `raise NotImplementedError()` (markdown: "*Write your answer here.*")
+at the marker's indentation. nbval tags (`raises-exception`, `nbval-skip`, `nbval-ignore-output`,
 `nbval-check-output`) pass through to the cell's metadata. Lines before the first `# %%` are a
 header for the source's readers and go to neither notebook.
 
-Cell ids are a hash of the cell's source text (numbered when two cells are identical), so
-rebuilding an unchanged source writes the same bytes and editing one cell changes one id.
-Notebooks are written as nbformat 4.5 JSON with sorted keys and a trailing newline.
+One code line may read `INSTALL_SOURCE = None` (at column 0): `install_source=` (the CLI's
+`--install-source`) writes the course's wheel or URL there, as a Python string.
 
-`build` writes both notebooks (exercise notebooks carry no outputs; a solution notebook whose
-sources are unchanged keeps its outputs, otherwise it is written without and `execute` fills
-them in). `check` reports drift (a committed notebook differs from what `build` writes; solution
-notebooks are compared without outputs and execution counts) and leaks (a solution line in an
-exercise notebook). `execute` re-runs the solution notebooks in a Jupyter kernel to regenerate
-their outputs.
+Cell ids hash the cell's source lines (numbered when two cells are identical): rebuilding an
+unchanged source writes the same bytes (nbformat 4.5 JSON, sorted keys, trailing newline).
+`build` writes, `check` finds drift and leaks; `saelab.regenerate` executes the solutions.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,15 +40,19 @@ LABS_DIR = Path(__file__).resolve().parent / "assets" / "labs"
 VARIANTS = ("exercise", "solution")
 VARIANT_DIRS = {"exercise": "notebooks", "solution": "solutions"}
 NBVAL_TAGS = ("raises-exception", "nbval-skip", "nbval-ignore-output", "nbval-check-output")
-STRUCTURE_TAGS = ("markdown", "solution-only", "exercise-only", "check")
-BEGIN, END, STUB = "# BEGIN SOLUTION", "# END SOLUTION", "# STUB:"
+STRUCTURE_TAGS = ("solution-only", "exercise-only", "check")
+BEGIN, END, STUB = "BEGIN SOLUTION", "END SOLUTION", "STUB:"
 CODE_STUB = "raise NotImplementedError()"
 MARKDOWN_STUB = "*Write your answer here.*"
+INSTALL_LINE = "INSTALL_SOURCE = None"
 NOTEBOOK_METADATA = {
     "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
     "language_info": {"name": "python"},
 }
-_MARKER = re.compile(r"^# %%(?:\s+\[(?P<tags>[^\]]*)\])?\s*$")
+# Jupytext's percent format; magics stay comments (the sources hold none, and `# %` lines stay text)
+JUPYTEXT_FORMAT = {"extension": ".py", "format_name": "percent", "comment_magics": False}
+JUPYTEXT_LAYOUT_KEYS = ("lines_to_next_cell", "region_name")  # Jupytext's own round-trip keys
+_MARKER = re.compile(r"^# %%( .*)?$")
 _LEAK_MIN_CHARS = 8
 
 
@@ -61,23 +62,35 @@ class SourceError(ValueError):
 
 @dataclass(frozen=True)
 class SourceCell:
-    """One cell of a lab source. `lines` are the raw source lines (markdown still commented)."""
+    """One cell of a lab source: `source` as Jupytext reads it, `raw` the lines of the file."""
     kind: str                  # "code" | "markdown"
-    lines: tuple[str, ...]
+    source: str                # the cell's text (markdown uncommented), markers still in
+    raw: tuple[str, ...]       # the file's lines of the cell (for ids and messages)
     tags: tuple[str, ...]      # pass-through tags and "check"
     only: str | None           # None | "solution" | "exercise"
     line: int                  # 1-based line of the cell's `# %%` marker
 
+    @property
+    def has_solution(self) -> bool:
+        return any(_marker(self, line) == BEGIN for line in self.source.splitlines())
+
     def text(self, variant: str) -> str:
-        """The cell's source in a notebook variant ("exercise" or "solution")."""
-        lines = _solution_lines(self, variant)
-        if self.kind == "markdown":
-            lines = [_uncomment(line) for line in lines]
-        return "\n".join(lines)
+        """The cell's text in a variant: "exercise", "solution", or "marked" (the solution with its
+        BEGIN/END markers kept and STUB lines dropped: nbgrader's source convention)."""
+        return "\n".join(_solution_lines(self, variant))
 
 
-def _uncomment(line: str) -> str:
-    return line[2:] if line.startswith("# ") else line[1:]
+def _marker(cell: SourceCell, line: str) -> str | None:
+    """BEGIN, END or STUB when `line` is that marker in `cell` (code: `# ` before it), else None."""
+    text = line.strip()
+    if cell.kind == "code":
+        if not text.startswith("# "):
+            return None
+        text = text[2:]
+    for marker in (BEGIN, END):
+        if text == marker:
+            return marker
+    return STUB if text.startswith(STUB) else None
 
 
 def _solution_lines(cell: SourceCell, variant: str) -> list[str]:
@@ -86,25 +99,22 @@ def _solution_lines(cell: SourceCell, variant: str) -> list[str]:
     region: list[str] | None = None
     stubs: list[str] = []
     indent = ""
-    for line in cell.lines:
-        stripped = line.strip()
-        if stripped == BEGIN:
+    for line in cell.source.splitlines():
+        marker = _marker(cell, line)
+        if marker == BEGIN:
             region, stubs, indent = [], [], line[: len(line) - len(line.lstrip())]
-        elif stripped == END:
-            if variant == "solution":
-                out.extend(region)
-            elif stubs:
-                out.extend(stubs)
-            elif cell.kind == "code":
-                out.append(indent + CODE_STUB)
+            if variant == "marked":
+                out.append(line)
+        elif marker == END:
+            if variant != "exercise":
+                out.extend(region + ([line] if variant == "marked" else []))
             else:
-                out.append("# " + MARKDOWN_STUB)
+                out.extend(stubs or [indent + (CODE_STUB if cell.kind == "code" else MARKDOWN_STUB)])
             region = None
-        elif region is not None and stripped.startswith(STUB):
+        elif marker == STUB and region is not None:
             prefix = line[: len(line) - len(line.lstrip())]
-            stub = stripped[len(STUB):]
-            stub = stub[1:] if stub.startswith(" ") else stub
-            stubs.append(prefix + ("# " if cell.kind == "markdown" else "") + stub)
+            stub = line.strip()[len(STUB) + (2 if cell.kind == "code" else 0):]
+            stubs.append(prefix + (stub[1:] if stub.startswith(" ") else stub))
         elif region is not None:
             region.append(line)
         else:
@@ -113,107 +123,142 @@ def _solution_lines(cell: SourceCell, variant: str) -> list[str]:
 
 
 def parse_source(text: str, name: str = "<source>") -> list[SourceCell]:
-    """Split a percent-format lab source into cells; SourceError names the line of any mistake."""
+    """Read a percent-format lab source with Jupytext; SourceError names the line of any mistake."""
+    import jupytext
+
     if not isinstance(text, str):
         raise TypeError(f"text: expected the source as a str, got {type(text).__name__}")
-    cells: list[SourceCell] = []
-    header: tuple[int, list[str]] | None = None
-    body: list[str] = []
-
-    def close():
-        if header is not None:
-            cells.append(_make_cell(name, header[0], header[1], body))
-
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.startswith("# %%"):
-            match = _MARKER.match(line.rstrip())
-            if not match:
-                raise SourceError(f"{name}, line {number}: a cell marker must read `# %%` or `# %% [tag, tag]`, "
-                                  f"got {line!r}")
-            close()
-            tags = [t.strip() for t in (match.group("tags") or "").split(",") if t.strip()]
-            header, body = (number, tags), []
-        elif header is not None:
-            body.append(line.rstrip())
-        elif line.strip() and not line.startswith("#"):
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("# %%")]
+    if not starts:
+        raise SourceError(f"{name}: no cells (a cell starts with a `# %%` line)")
+    for number, line in enumerate(lines[: starts[0]], start=1):
+        if line.strip() and not line.startswith("#"):
             raise SourceError(f"{name}, line {number}: code before the first `# %%` marker; "
                               "only comments may come before the first cell")
-    close()
-    if not cells:
-        raise SourceError(f"{name}: no cells (a cell starts with a `# %%` line)")
-    return cells
+    for i in starts:
+        if not _MARKER.match(lines[i].rstrip()):
+            raise SourceError(f"{name}, line {i + 1}: a cell marker must read `# %%`, `# %% [markdown]` "
+                              f"or `# %% tags=[\"check\"]`, got {lines[i]!r}")
+    nb = jupytext.reads("\n".join(lines[starts[0]:]) + "\n", fmt=JUPYTEXT_FORMAT)
+    if len(nb.cells) != len(starts):
+        raise SourceError(f"{name}: Jupytext read {len(nb.cells)} cells from {len(starts)} `# %%` markers")
+    ends = starts[1:] + [len(lines)]
+    return [_make_cell(name, start + 1, cell, _trim(lines[start + 1:end]))
+            for cell, start, end in zip(nb.cells, starts, ends)]
 
 
-def _make_cell(name: str, line: int, tags: list[str], body: list[str]) -> SourceCell:
+def _trim(lines: list[str]) -> tuple[str, ...]:
+    lines = [line.rstrip() for line in lines]
+    while lines and not lines[0]:
+        lines.pop(0)
+    while lines and not lines[-1]:
+        lines.pop()
+    return tuple(lines)
+
+
+def _cell_tags(name: str, line: int, cell) -> list[str]:
+    """The tags of a Jupytext cell; any other metadata (e.g. an old `[check]` title) is an error."""
+    where = f"{name}, line {line}"
+    extra = sorted(k for k in cell.metadata if k not in ("tags",) + JUPYTEXT_LAYOUT_KEYS)
+    if extra == ["title"] and cell.metadata["title"].startswith("["):
+        raise SourceError(f"{where}: write cell tags in Jupytext's syntax, e.g. `# %% tags=[\"check\"]` "
+                          f"or `# %% [markdown] tags=[\"exercise-only\"]`, not {cell.metadata['title']!r}")
+    if extra:
+        raise SourceError(f"{where}: unsupported cell metadata {', '.join(extra)} (only tags=[...])")
+    tags = list(cell.metadata.get("tags", []))
     allowed = STRUCTURE_TAGS + NBVAL_TAGS
     for tag in tags:
         if tag not in allowed:
-            raise SourceError(f"{name}, line {line}: unknown cell tag {tag!r}; allowed: {', '.join(allowed)}")
-    while body and not body[0].strip():
-        body.pop(0)
-    while body and not body[-1].strip():
-        body.pop()
-    kind = "markdown" if "markdown" in tags else "code"
-    only = "solution" if "solution-only" in tags else "exercise" if "exercise-only" in tags else None
+            raise SourceError(f"{where}: unknown cell tag {tag!r}; allowed: {', '.join(allowed)}")
     if "solution-only" in tags and "exercise-only" in tags:
-        raise SourceError(f"{name}, line {line}: a cell cannot be both solution-only and exercise-only")
-    if kind == "markdown":
-        for offset, text in enumerate(body):
+        raise SourceError(f"{where}: a cell cannot be both solution-only and exercise-only")
+    return tags
+
+
+def _make_cell(name: str, line: int, cell, raw: tuple[str, ...]) -> SourceCell:
+    tags = _cell_tags(name, line, cell)
+    only = "solution" if "solution-only" in tags else "exercise" if "exercise-only" in tags else None
+    source = "\n".join(text.rstrip() for text in cell.source.splitlines())
+    made = SourceCell(kind=cell.cell_type, source=source.strip("\n"), raw=raw,
+                      tags=tuple(t for t in tags if t in NBVAL_TAGS or t == "check"), only=only, line=line)
+    if made.kind == "markdown":
+        for offset, text in enumerate(raw):
             if text and not text.startswith("#"):
                 raise SourceError(f"{name}, line {line + 1 + offset}: every line of a markdown cell must start "
                                   f"with `#`, got {text!r}")
+    _check_markers(name, made)
+    if not raw:
+        raise SourceError(f"{name}, line {line}: empty cell")
+    return made
+
+
+def _check_markers(name: str, cell: SourceCell) -> None:
+    """BEGIN/END pair up, STUB lines sit inside a region, no region in an exercise-only cell."""
     inside = False
-    for offset, text in enumerate(body):
-        stripped = text.strip()
-        where = f"{name}, line {line + 1 + offset}"
-        if stripped == BEGIN:
+    for offset, text in enumerate(cell.raw):
+        marker = _marker(cell, text[2:] if cell.kind == "markdown" and text.startswith("# ") else text)
+        where = f"{name}, line {cell.line + 1 + offset}"
+        if marker == BEGIN:
             if inside:
-                raise SourceError(f"{where}: `{BEGIN}` inside another solution region (missing `{END}`?)")
-            if only == "exercise":
+                raise SourceError(f"{where}: `# {BEGIN}` inside another solution region (missing `# {END}`?)")
+            if cell.only == "exercise":
                 raise SourceError(f"{where}: solution markers in an exercise-only cell")
             inside = True
-        elif stripped == END:
+        elif marker == END:
             if not inside:
-                raise SourceError(f"{where}: `{END}` without a `{BEGIN}` before it")
+                raise SourceError(f"{where}: `# {END}` without a `# {BEGIN}` before it")
             inside = False
-        elif stripped.startswith(STUB) and not inside:
-            raise SourceError(f"{where}: `{STUB}` outside a solution region")
+        elif marker == STUB and not inside:
+            raise SourceError(f"{where}: `# {STUB}` outside a solution region")
     if inside:
-        raise SourceError(f"{name}, line {line}: a `{BEGIN}` in this cell has no `{END}`")
-    if not body:
-        raise SourceError(f"{name}, line {line}: empty cell")
-    kept = tuple(t for t in tags if t in NBVAL_TAGS or t == "check")
-    return SourceCell(kind=kind, lines=tuple(body), tags=kept, only=only, line=line)
+        raise SourceError(f"{name}, line {cell.line}: a `# {BEGIN}` in this cell has no `# {END}`")
 
 
-def _cell_ids(cells: list[SourceCell]) -> list[str]:
-    """Stable ids: a hash of each cell's raw source, numbered when identical cells repeat."""
+def cell_ids(cells: list[SourceCell]) -> list[str]:
+    """Stable ids: a hash of each cell's lines in the source, numbered when identical cells repeat."""
     ids, seen = [], {}
     for cell in cells:
-        digest = hashlib.sha1(("\n".join(cell.lines) + f"\0{cell.kind}\0{cell.only}").encode()).hexdigest()[:10]
+        digest = hashlib.sha1(("\n".join(cell.raw) + f"\0{cell.kind}\0{cell.only}").encode()).hexdigest()[:10]
         seen[digest] = seen.get(digest, 0) + 1
         ids.append(digest if seen[digest] == 1 else f"{digest}-{seen[digest]}")
     return ids
 
 
-def render(cells: list[SourceCell], variant: str):
+def fill_install_source(texts: list[str], install_source: str | None) -> list[str]:
+    """`texts` (cell sources) with the one `INSTALL_SOURCE = None` line set to `install_source`."""
+    if install_source is None:
+        return texts
+    if not isinstance(install_source, str) or not install_source.strip() or "\n" in install_source:
+        raise ValueError(f"install_source: expected a wheel path or URL on one line, got {install_source!r}")
+    hits = [(i, n) for i, text in enumerate(texts) for n, line in enumerate(text.split("\n")) if line == INSTALL_LINE]
+    if len(hits) != 1:
+        raise SourceError(f"install_source: the lab source needs exactly one line `{INSTALL_LINE}` "
+                          f"(at column 0) to fill in, found {len(hits)}")
+    (i, n), texts = hits[0], list(texts)
+    lines = texts[i].split("\n")
+    lines[n] = f"INSTALL_SOURCE = {install_source.strip()!r}"
+    texts[i] = "\n".join(lines)
+    return texts
+
+
+def render(cells: list[SourceCell], variant: str, install_source: str | None = None):
     """The nbformat notebook for one variant ("exercise" or "solution"), without outputs."""
     import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+    kept = [(cell, cell_id) for cell, cell_id in zip(cells, cell_ids(cells)) if cell.only in (None, variant)]
+    texts = fill_install_source([cell.text(variant) for cell, _ in kept], install_source)
     nb_cells = []
-    for cell, cell_id in zip(cells, _cell_ids(cells)):
-        if cell.only is not None and cell.only != variant:
-            continue
+    for (cell, cell_id), text in zip(kept, texts):
         tags = list(cell.tags)
         if variant == "exercise" and "check" in tags and "raises-exception" not in tags:
             tags.append("raises-exception")
-        metadata = {"tags": tags} if tags else {}
         make = new_markdown_cell if cell.kind == "markdown" else new_code_cell
-        nb_cells.append(make(cell.text(variant), id=cell_id, metadata=metadata))
-    nb = new_notebook(cells=nb_cells, metadata=json.loads(json.dumps(NOTEBOOK_METADATA)))
+        nb_cells.append(make(text, id=cell_id, metadata={"tags": tags} if tags else {}))
+    nb = new_notebook(cells=nb_cells, metadata=copy.deepcopy(NOTEBOOK_METADATA))
     nbformat.validate(nb)
     return nb
 
@@ -224,9 +269,23 @@ def dumps(nb) -> str:
     return nbformat.writes(nb, version=4) + "\n"
 
 
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` through a temporary file beside it, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def without_outputs(nb):
     """A copy of `nb` with code cells' outputs and execution counts cleared."""
-    import copy
     nb = copy.deepcopy(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -245,7 +304,8 @@ def lab_sources(labs_dir: str | Path | None = None) -> list[Path]:
     return sources
 
 
-def _resolve(root, sources) -> tuple[Path, list[Path]]:
+def resolve(root, sources) -> tuple[Path, list[Path]]:
+    """(root folder, lab source paths): defaults `.` and the shipped labs; missing sources refused."""
     root = Path(".") if root is None else Path(root)
     sources = lab_sources() if sources is None else [Path(s) for s in sources]
     for path in sources:
@@ -264,7 +324,16 @@ def read_source(path: str | Path) -> list[SourceCell]:
     return parse_source(path.read_text(encoding="utf-8"), name=str(path))
 
 
-def build(root: str | Path | None = None, sources=None) -> list[Path]:
+def read_notebook(path: Path):
+    """The notebook at `path`, or None when it is missing or unreadable."""
+    import nbformat
+    try:
+        return nbformat.reads(path.read_bytes().decode("utf-8"), as_version=4)
+    except Exception:  # missing, not UTF-8 or not a notebook: callers rewrite or report it
+        return None
+
+
+def build(root: str | Path | None = None, sources=None, install_source: str | None = None) -> list[Path]:
     """Write every source's exercise and solution notebooks under `root`; returns the files written.
 
     A file whose content would not change is left alone (for a solution notebook: its sources,
@@ -272,31 +341,21 @@ def build(root: str | Path | None = None, sources=None) -> list[Path]:
     a solution notebook changed, its code cells keep their outputs; when any code cell changed, it is
     written without outputs (run `execute`).
     """
-    import nbformat
-
-    root, sources = _resolve(root, sources)
+    root, sources = resolve(root, sources)
     written = []
     for source in sources:
         cells = read_source(source)
         for variant in VARIANTS:
-            nb = render(cells, variant)
-            text = dumps(nb)
-            path = target(root, source, variant)
-            if path.is_file():
-                try:
-                    current = path.read_bytes().decode("utf-8")
-                    old = nbformat.reads(current, as_version=4) if variant == "solution" else None
-                except Exception:  # unreadable: rewrite it
-                    current = old = None
-                if old is not None:
-                    if dumps(without_outputs(old)) == text:
-                        continue
-                    text = dumps(_keep_outputs(nb, old))
-                elif current == text:
+            nb = render(cells, variant, install_source)
+            text, path = dumps(nb), target(root, source, variant)
+            old = read_notebook(path) if path.is_file() else None
+            if old is not None and variant == "solution":
+                if dumps(without_outputs(old)) == text:
                     continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(text.encode("utf-8"))
-            written.append(path)
+                text = dumps(_keep_outputs(nb, old))
+            elif old is not None and path.read_bytes() == text.encode("utf-8"):
+                continue
+            written.append(write_atomic(path, text))
     return written
 
 
@@ -304,14 +363,14 @@ def _keep_outputs(new, old):
     """`new` with the outputs of `old`'s code cells when the code cells (ids, in order) are unchanged."""
     new_code = [c for c in new.cells if c.cell_type == "code"]
     old_code = [c for c in old.cells if c.cell_type == "code"]
-    if [c.get("id") for c in old_code] != [c.id for c in new_code]:
+    if [(c.get("id"), c.source) for c in old_code] != [(c.id, c.source) for c in new_code]:
         return new
     for cell, before in zip(new_code, old_code):
         cell.outputs, cell.execution_count = before.outputs, before.execution_count
     return new
 
 
-def _solution_only_lines(cells: list[SourceCell]) -> set[str]:
+def solution_only_lines(cells: list[SourceCell]) -> set[str]:
     """Stripped lines that only the solution notebook may hold (long enough to be telling)."""
     solution = {line.strip() for cell in cells if cell.only != "exercise"
                 for line in cell.text("solution").splitlines()}
@@ -329,34 +388,29 @@ def _first_difference(expected: str, actual: str) -> str:
     return f"expected {len(exp)} lines, found {len(act)}"
 
 
-def check(root: str | Path | None = None, sources=None) -> list[str]:
+def check(root: str | Path | None = None, sources=None, install_source: str | None = None) -> list[str]:
     """Problems with the committed notebooks under `root` (empty list: all good).
 
     Drift: a notebook differs from what `build` writes (solution notebooks compared without
     outputs and execution counts; exercise notebooks byte for byte). Leak: a solution line in an
     exercise notebook's cell sources.
     """
-    import nbformat
-
-    root, sources = _resolve(root, sources)
+    root, sources = resolve(root, sources)
     problems = []
     for source in sources:
         cells = read_source(source)
         for variant in VARIANTS:
             path = target(root, source, variant)
-            expected = dumps(render(cells, variant))
-            if not path.is_file():
-                problems.append(f"{path}: missing; run `saelab notebooks build`")
+            expected = dumps(render(cells, variant, install_source))
+            nb = read_notebook(path)
+            if nb is None:
+                state = "not a readable notebook" if path.is_file() else "missing"
+                problems.append(f"{path}: {state}; run `saelab notebooks build`")
                 continue
-            try:
-                actual = path.read_bytes().decode("utf-8")
-                nb = nbformat.reads(actual, as_version=4)
-            except Exception as e:
-                problems.append(f"{path}: not a readable notebook ({type(e).__name__}: {str(e)[:80]})")
-                continue
+            actual = path.read_bytes().decode("utf-8")
             if variant == "exercise":
                 lines = {line.strip() for cell in nb.cells for line in cell.source.splitlines()}
-                leaked = sorted(_solution_only_lines(cells) & lines)
+                leaked = sorted(solution_only_lines(cells) & lines)
                 if leaked:
                     problems.append(f"{path}: leak: {len(leaked)} solution line(s) in the exercise notebook, "
                                     f"e.g. {leaked[0][:70]!r}")
@@ -366,45 +420,3 @@ def check(root: str | Path | None = None, sources=None) -> list[str]:
                 problems.append(f"{path}: drift from {source.name} ({_first_difference(expected, actual)}); "
                                 "run `saelab notebooks build`")
     return problems
-
-
-def execute(root: str | Path | None = None, sources=None, model: str | None = None,
-            timeout: int = 900) -> list[Path]:
-    """Re-run each source's solution notebook in a fresh kernel and write it with its outputs.
-
-    The kernel runs in `root/solutions` with $SAELAB_MODEL = `model` (default: the environment's,
-    else "tiny") and $SAELAB_PROGRESS=0 (no progress bars in committed outputs). A failing cell
-    raises RuntimeError naming the notebook and cell; nothing is written for that notebook.
-    """
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
-    root, sources = _resolve(root, sources)
-    env = {"SAELAB_PROGRESS": "0"}
-    if model is not None:
-        env["SAELAB_MODEL"] = model
-    written = []
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        for source in sources:
-            path = target(root, source, "solution")
-            nb = render(read_source(source), "solution")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
-                                    resources={"metadata": {"path": str(path.parent.resolve())}})
-            try:
-                client.execute()
-            except CellExecutionError as e:
-                summary = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-                raise RuntimeError(f"{path}: a cell failed while executing ({summary})") from None
-            nb.metadata = json.loads(json.dumps(NOTEBOOK_METADATA))
-            path.write_bytes(dumps(nb).encode("utf-8"))
-            written.append(path)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    return written

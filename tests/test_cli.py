@@ -1,6 +1,7 @@
 """The `saelab` command: help, one-line usage errors with exit status 2, and the notebooks commands."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ def f():
     # BEGIN SOLUTION
     return 1
     # END SOLUTION
-# %% [check]
+# %% tags=["check"]
 assert f() == 1
 """
 
@@ -41,7 +42,10 @@ def test_help_is_fast_and_names_every_command():
     (["run", "--help"], ["report.html", "--model", "--out", "--seed", "SAELens"]),
     (["notebooks", "build", "--help"], ["exercise", "--root"]),
     (["notebooks", "check", "--help"], ["drift", "leak"]),
-    (["notebooks", "execute", "--help"], ["--model", "outputs"]),
+    (["notebooks", "execute", "--help"], ["--model", "outputs", "3 significant digits", "--install-source"]),
+    (["notebooks", "check", "--help"], ["--outputs"]),
+    (["notebooks", "build", "--help"], ["--install-source", "--nbgrader"]),
+    (["release", "--help"], ["manifest.json", "--install-source", "--nbgrader", "wheel"]),
 ])
 def test_subcommand_help_says_what_it_does(argv, words, capsys):
     with pytest.raises(SystemExit) as info:
@@ -58,6 +62,8 @@ def test_subcommand_help_says_what_it_does(argv, words, capsys):
     (["run", "--max-tokens", "0"], "expected a positive integer, got 0"),
     (["frobnicate"], "saelab: error: argument COMMAND: invalid choice: 'frobnicate'"),
     (["notebooks", "build", "--root", "/no/such/folder"], "saelab notebooks build: error: --root: /no/such/folder is not a folder"),
+    (["release", "somewhere"], "saelab release: error: --install-source: required"),
+    (["release"], "saelab release: error: the following arguments are required: DIR"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(argv, words, capsys):
     try:
@@ -126,3 +132,79 @@ def test_notebooks_check_passes_on_the_repository(capsys):
     from pathlib import Path
     code, out, _ = run(["notebooks", "check", "--root", str(Path(__file__).resolve().parents[1])], capsys)
     assert code == 0
+
+
+INSTALL_LAB = LAB.replace("# %%\ndef f", "# %%\nINSTALL_SOURCE = None\n\n# %%\ndef f")
+
+
+def test_notebooks_build_fills_the_install_source_and_writes_the_nbgrader_version(tmp_path, capsys):
+    source = tmp_path / "lab_y.py"
+    source.write_text(INSTALL_LAB)
+    wheel = "dist/saelab-0.1.0-py3-none-any.whl"
+    argv = ["--root", str(tmp_path), "--source", str(source), "--install-source", wheel]
+    code, out, _ = run(["notebooks", "build", *argv, "--nbgrader", str(tmp_path / "course")], capsys)
+    assert code == 0 and "course/source/lab_y/lab_y.ipynb" in out
+    for folder in ("notebooks", "solutions", "course/source/lab_y"):
+        assert f"INSTALL_SOURCE = {wheel!r}" in (tmp_path / folder / "lab_y.ipynb").read_text()
+    code, out, _ = run(["notebooks", "check", *argv], capsys)
+    assert code == 0 and "OK" in out
+
+
+def test_an_install_source_without_its_line_is_one_line_error(tmp_path, capsys):
+    source = tmp_path / "lab_y.py"
+    source.write_text(LAB)
+    code, out, err = run(["notebooks", "build", "--root", str(tmp_path), "--source", str(source),
+                          "--install-source", "x.whl"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("saelab notebooks build: error: --install-source: the lab source needs exactly one line")
+    assert not (tmp_path / "notebooks").exists()
+
+
+def test_release_refuses_a_folder_in_use(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("x")
+    code, _, err = run(["release", str(tmp_path / "out"), "--install-source", "x.whl"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "error: DIR: " in err and "is not empty" in err
+
+
+def test_check_outputs_says_whether_a_regeneration_changes_anything(tmp_path, capsys, monkeypatch):
+    from nbformat.v4 import new_output
+    from saelab import notebooks, regenerate
+    source = tmp_path / "lab_y.py"
+    source.write_text(LAB)
+    argv = ["--root", str(tmp_path), "--source", str(source)]
+    printed = {"text": "loss 0.12345\n"}
+
+    def fake_run(root, source, **_):
+        nb = notebooks.render(notebooks.read_source(source), "solution")
+        nb.cells[-1].outputs = [new_output("stream", name="stdout", text=printed["text"])]
+        return nb
+    monkeypatch.setattr(regenerate, "run_solution", fake_run)
+    run(["notebooks", "build", *argv], capsys)
+    code, out, _ = run(["notebooks", "execute", *argv], capsys)
+    assert code == 0 and out.endswith("lab_y.ipynb: written\n")
+    printed["text"] = "loss 0.12346\n"
+    code, out, _ = run(["notebooks", "check", "--outputs", *argv], capsys)
+    assert code == 0 and "outputs unchanged at 3 significant digits" in out
+    code, out, _ = run(["notebooks", "execute", *argv], capsys)
+    assert code == 0 and "kept (outputs unchanged at 3 significant digits)" in out
+    printed["text"] = "loss 0.2\n"
+    code, _, err = run(["notebooks", "check", "--outputs", *argv], capsys)
+    assert code == 1 and "outputs changed beyond 3 significant digits" in err
+
+
+def test_release_passes_its_options_on(tmp_path, capsys, monkeypatch):
+    from saelab import release
+    seen = {}
+
+    def fake_release(folder, install_source, sources, **kwargs):
+        seen.update(folder=folder, install_source=install_source, sources=sources, **kwargs)
+        return Path(folder)
+    monkeypatch.setattr(release, "release", fake_release)
+    source = tmp_path / "lab_y.py"
+    source.write_text(LAB)
+    code, out, _ = run(["release", str(tmp_path / "out"), "--install-source", "x.whl", "--source", str(source),
+                        "--nbgrader", "--no-wheel", "--model", "tiny"], capsys)
+    assert code == 0 and out.startswith(f"saelab release: wrote {tmp_path / 'out'}")
+    assert seen == {"folder": str(tmp_path / "out"), "install_source": "x.whl", "sources": [source],
+                    "nbgrader": True, "wheel": False, "model": "tiny", "timeout": 900}

@@ -1,4 +1,5 @@
-"""One lab source -> exercise and solution notebooks: markers, stubs, cell kinds, ids, drift, leaks."""
+"""One lab source (Jupytext percent format) -> exercise and solution notebooks: markers, stubs, cell kinds,
+ids, drift, leaks, the install source."""
 import json
 
 import nbformat
@@ -35,13 +36,13 @@ def cube(x):
     return math.pow(x, 3)
     # END SOLUTION
 
-# %% [check]
+# %% tags=["check"]
 assert square(3) == 9
 
-# %% [markdown, exercise-only]
+# %% [markdown] tags=["exercise-only"]
 # Over to you.
 
-# %% [solution-only, nbval-ignore-output]
+# %% tags=["solution-only", "nbval-ignore-output"]
 print("the answer is forty-two, printed at length")
 
 # %% [markdown]
@@ -176,15 +177,18 @@ def test_build_rewrites_a_stale_solution_notebook_without_outputs(lab):
 
 @pytest.mark.parametrize("text, words", [
     ("x = 1\n# %%\ny = 2\n", "code before the first"),
-    ("# %% [markdown, solution_only]\n# hi\n", "unknown cell tag 'solution_only'"),
+    ('# %% [markdown] tags=["solution_only"]\n# hi\n', "unknown cell tag 'solution_only'"),
     ("# %%[markdown]\n# hi\n", "cell marker must read"),
     ("# %% [markdown]\nnot a comment\n", "must start with `#`"),
     ("# %%\n# BEGIN SOLUTION\nx = 1\n", "has no `# END SOLUTION`"),
     ("# %%\nx = 1\n# END SOLUTION\n", "without a `# BEGIN SOLUTION`"),
+    ("# %% [markdown]\n# END SOLUTION\n", "without a `# BEGIN SOLUTION`"),
     ("# %%\n# BEGIN SOLUTION\n# BEGIN SOLUTION\n# END SOLUTION\n", "inside another solution region"),
     ("# %%\n# STUB: x = ...\n", "outside a solution region"),
-    ("# %% [exercise-only]\n# BEGIN SOLUTION\nx = 1\n# END SOLUTION\n", "exercise-only cell"),
-    ("# %% [solution-only, exercise-only]\nx = 1\n", "both solution-only and exercise-only"),
+    ('# %% tags=["exercise-only"]\n# BEGIN SOLUTION\nx = 1\n# END SOLUTION\n', "exercise-only cell"),
+    ('# %% tags=["solution-only", "exercise-only"]\nx = 1\n', "both solution-only and exercise-only"),
+    ("# %% [check]\nx = 1\n", 'write cell tags in Jupytext\'s syntax, e.g. `# %% tags=\\["check"\\]`'),
+    ('# %% points=3\nx = 1\n', "unsupported cell metadata points"),
     ("# %%\n\n# %%\nx = 1\n", "empty cell"),
     ("# just a header\n", "no cells"),
 ])
@@ -200,7 +204,7 @@ def test_shipped_lab_sources_parse_and_do_not_leak():
     cells = notebooks.read_source(sources[0])
     exercise = notebooks.render(cells, "exercise")
     text = "\n".join(c.source for c in exercise.cells)
-    assert not notebooks._solution_only_lines(cells) & {line.strip() for line in text.splitlines()}
+    assert not notebooks.solution_only_lines(cells) & {line.strip() for line in text.splitlines()}
     assert "raise NotImplementedError()" in text
     checks = [c for c in exercise.cells if "check" in c.metadata.get("tags", [])]
     assert len(checks) == 5 and all("raises-exception" in c.metadata["tags"] for c in checks)
@@ -225,3 +229,50 @@ def test_a_markdown_edit_keeps_the_solution_outputs(lab):
     rebuilt = nbformat.read(path, as_version=4)
     assert rebuilt.cells[1].outputs[0].text == "kept\n" and "at all" in rebuilt.cells[-1].source
     assert notebooks.check(root, [source]) == []
+
+
+INSTALL = SOURCE.replace("import math", "import math\nINSTALL_SOURCE = None")
+
+
+def test_install_source_is_written_into_both_notebooks(tmp_path):
+    source = tmp_path / "lab_x.py"
+    source.write_text(INSTALL, encoding="utf-8")
+    notebooks.build(tmp_path / "plain", [source])
+    wheel = "https://example.org/saelab-0.1.0-py3-none-any.whl"
+    notebooks.build(tmp_path / "course", [source], install_source=wheel)
+    for variant in notebooks.VARIANTS:
+        plain = read(tmp_path / "plain", variant).cells[1]
+        filled = read(tmp_path / "course", variant).cells[1]
+        assert plain.source == "import math\nINSTALL_SOURCE = None"
+        assert filled.source == f"import math\nINSTALL_SOURCE = {wheel!r}"
+        assert plain.id == filled.id
+    assert notebooks.check(tmp_path / "course", [source], install_source=wheel) == []
+    assert any("drift" in p for p in notebooks.check(tmp_path / "course", [source]))
+
+
+def test_install_source_needs_exactly_one_line(tmp_path):
+    source = tmp_path / "lab_x.py"
+    source.write_text(SOURCE, encoding="utf-8")
+    with pytest.raises(SourceError, match=r"exactly one line `INSTALL_SOURCE = None`.*found 0"):
+        notebooks.build(tmp_path, [source], install_source="saelab.whl")
+    source.write_text(INSTALL.replace("import math\n", "import math\nINSTALL_SOURCE = None\n"))
+    with pytest.raises(SourceError, match="found 2"):
+        notebooks.build(tmp_path, [source], install_source="saelab.whl")
+    with pytest.raises(ValueError, match="install_source: expected a wheel"):
+        notebooks.build(tmp_path, [source], install_source="two\nlines")
+    assert not (tmp_path / "notebooks").exists()
+
+
+def test_a_source_jupytext_writes_back_builds_the_same_notebooks(lab, tmp_path):
+    """The lab source is plain Jupytext: its own round trip (read, write) builds the same notebooks."""
+    import jupytext
+    source, root = lab
+    text = jupytext.writes(jupytext.reads(source.read_text(encoding="utf-8").split("\n", 2)[2],
+                                          fmt="py:percent"), fmt=notebooks.JUPYTEXT_FORMAT)
+    again = tmp_path / "again" / "lab_x.py"
+    again.parent.mkdir()
+    again.write_text(text, encoding="utf-8")
+    notebooks.build(tmp_path / "again", [again])
+    for variant in notebooks.VARIANTS:
+        a, b = read(root, variant), read(tmp_path / "again", variant)
+        assert [(c.cell_type, c.source, c.metadata) for c in a.cells] == [(c.cell_type, c.source, c.metadata) for c in b.cells]

@@ -144,7 +144,7 @@ class MySAE(nn.Module):
             "recon": recon.item(), "sparsity": sparsity.item(), "n_active": n_active.item()}
         # END SOLUTION
 
-# %% [check]
+# %% tags=["check"]
 checks.check_sae(MySAE)
 
 # %% [markdown]
@@ -187,7 +187,7 @@ def collect_rows(model, texts, layer):
             # END SOLUTION
     return torch.cat(rows, dim=0)
 
-# %% [check]
+# %% tags=["check"]
 checks.check_activations(collect_rows, model)
 
 # %% [markdown]
@@ -269,7 +269,7 @@ def train_one(sae, rows, sparsity_coef, lr=1e-3, batch_size=64, epochs=1, seed=0
         # END SOLUTION
     return losses
 
-# %% [check]
+# %% tags=["check"]
 checks.check_training_loop(train_one)
 
 # %% [markdown]
@@ -378,7 +378,7 @@ def top_pairs(features, k=10, min_density=0.01):
     return [(int(active[i[o]]), int(active[j[o]]), float(values[o])) for o in order]
     # END SOLUTION
 
-# %% [check]
+# %% tags=["check"]
 checks.check_top_pairs(top_pairs)
 
 # %% [markdown]
@@ -441,7 +441,7 @@ def fvu(x, x_hat):
     return ((x - x_hat).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum()).item()
     # END SOLUTION
 
-# %% [check]
+# %% tags=["check"]
 checks.check_fvu(fvu)
 
 # %% [markdown]

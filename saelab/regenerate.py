@@ -1,0 +1,213 @@
+"""Regenerate the solution notebooks' outputs: clean, machine-independent, and only when they changed.
+
+`execute` runs each lab's solution notebook in a fresh Jupyter kernel started with progress bars
+off (`SAELAB_PROGRESS=0`, `TQDM_DISABLE=1`), warnings ignored (`PYTHONWARNINGS=ignore` and a
+`warnings.simplefilter` before the first cell) and `PYTHONHASHSEED=0`. Its outputs are then cleaned
+(`clean_outputs`): stderr streams and widget views are dropped, and the machine's paths (the
+notebook's folder, the repository, the temporary folder, site-packages, the Python prefix, the
+home folder) are replaced by short placeholders such as `<site-packages>`.
+
+Numbers that a change of CPU can move are not noise to commit: `compare_outputs` compares two
+executions with every decimal number rounded to `DIGITS` significant digits (integers, such as ids
+and counts, compare exactly; a number written with a different count of digits is a change),
+durations in seconds ignored, and images by their pixels (`IMAGE_TOLERANCE`: the fraction of
+pixels that may differ).
+`execute` keeps the committed file byte for byte when nothing changed beyond that; `check_outputs`
+executes without writing and reports what a regeneration would change.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import os
+import re
+import site
+import sys
+import tempfile
+from pathlib import Path
+
+from . import notebooks
+
+DIGITS = 3
+IMAGE_TOLERANCE = 0.01
+KERNEL_ENV = {"SAELAB_PROGRESS": "0", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore", "PYTHONHASHSEED": "0"}
+KERNEL_SETUP = "import warnings; warnings.simplefilter('ignore')"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+_SECONDS = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s?s(?![\w])")  # "11.0s", "3 s": wall-clock time
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.])")
+
+
+def machine_paths(*folders: str | Path) -> list[tuple[str, str]]:
+    """(path, placeholder) pairs for this machine's paths, longest first: `folders` (the first shown
+    as `<notebook>`, the others as `<root>`), saelab, site-packages, the Python prefix, tmp and home."""
+    pairs = [(Path(f), "<notebook>" if i == 0 else "<root>") for i, f in enumerate(folders)]
+    pairs += [(Path(notebooks.__file__).parent, "<saelab>")]
+    pairs += [(Path(p), "<site-packages>") for p in site.getsitepackages() + [site.getusersitepackages()]]
+    pairs += [(Path(sys.prefix), "<python>"), (Path(sys.base_prefix), "<python>"),
+              (Path(tempfile.gettempdir()), "<tmp>"), (Path.home(), "~")]
+    out = {}
+    for path, placeholder in pairs:
+        for form in {str(path), str(path.resolve())}:
+            if len(form) > 1:
+                out.setdefault(form, placeholder)
+    return sorted(out.items(), key=lambda item: -len(item[0]))
+
+
+def _scrub(text: str, paths: list[tuple[str, str]]) -> str:
+    """`text` with each path (a whole path component: `/tmp` but not `/tmpfoo`) as its placeholder."""
+    for path, placeholder in paths:
+        if path in text:
+            text = re.sub(re.escape(path) + r"(?![\w.-])", lambda _: placeholder, text)
+    return text
+
+
+def clean_outputs(nb, paths: list[tuple[str, str]]):
+    """`nb` (changed in place and returned) without stderr streams or widget outputs, paths replaced."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.outputs:
+            if output.output_type == "stream" and output.name == "stderr":
+                continue
+            if output.output_type == "stream":
+                output.text = _scrub(output.text, paths)
+            elif output.output_type == "error":
+                output.traceback = [_scrub(line, paths) for line in output.traceback]
+                output.evalue = _scrub(output.evalue, paths)
+            if WIDGET_MIME in output.get("data", {}):
+                continue  # a widget (e.g. a progress bar) and its text fallback: depends on the frontend
+            if "data" in output:
+                for mime, value in output.data.items():
+                    if mime.startswith("text/") and isinstance(value, str):
+                        output.data[mime] = _scrub(value, paths)
+            kept.append(output)
+        cell.outputs = kept
+    return nb
+
+
+def _rounded(match: re.Match) -> str:
+    text = match.group(0)
+    if not any(c in text for c in ".eE"):
+        return text
+    shape = re.sub(r"\d", "d", text)
+    return f"{float(text):.{DIGITS - 1}e}|{shape}"
+
+
+def normalise(text: str) -> str:
+    """`text` with each decimal number as its value at DIGITS significant digits plus its written shape,
+    and durations in seconds ("11.0s": wall-clock time, never the same twice) as `<seconds>`."""
+    return _NUMBER.sub(_rounded, _SECONDS.sub("<seconds>", text))
+
+
+def _images_match(a: str, b: str) -> bool:
+    """Two base64 PNGs of the same size whose pixels differ in at most IMAGE_TOLERANCE of places."""
+    if a == b:
+        return True
+    import numpy as np
+    from PIL import Image
+
+    x, y = (np.asarray(Image.open(io.BytesIO(base64.b64decode(v))).convert("RGBA")) for v in (a, b))
+    return x.shape == y.shape and (x != y).any(axis=-1).mean() <= IMAGE_TOLERANCE
+
+
+def _output_key(output) -> list:
+    """What of an output must match: its kind, stream name, text (normalised) and mime types."""
+    key = [output.output_type, output.get("name")]
+    if output.output_type == "stream":
+        key.append(normalise(output.text))
+    elif output.output_type == "error":
+        key += [output.ename, normalise(output.evalue)]
+    for mime, value in sorted(output.get("data", {}).items()):
+        text = value if isinstance(value, str) else str(value)
+        key += [mime, None if mime.startswith("image/") else normalise(text)]
+    return key
+
+
+def _outputs_match(a, b) -> bool:
+    if len(a) != len(b) or [_output_key(x) for x in a] != [_output_key(y) for y in b]:
+        return False
+    return all(_images_match(x.data[m], y.data[m]) for x, y in zip(a, b)
+               for m in x.get("data", {}) if m.startswith("image/") and m != "image/svg+xml")
+
+
+def _bare(nb) -> str:
+    return notebooks.dumps(notebooks.without_outputs(nb))
+
+
+def compare_outputs(old, new) -> list[str]:
+    """How `new`'s outputs differ from `old`'s beyond DIGITS significant digits (empty: they do not)."""
+    old_code = [c for c in old.cells if c.cell_type == "code"]
+    new_code = [c for c in new.cells if c.cell_type == "code"]
+    if [(c.get("id"), c.source) for c in old_code] != [(c.get("id"), c.source) for c in new_code]:
+        return ["the code cells differ (sources or ids)"]
+    return [f"cell {b.get('id')}: outputs changed beyond {DIGITS} significant digits"
+            for a, b in zip(old_code, new_code) if not _outputs_match(a.outputs, b.outputs)]
+
+
+def run_solution(root: Path, source: Path, model: str | None = None, timeout: int = 900, env=None,
+                 install_source: str | None = None):
+    """The solution notebook of `source`, executed in a fresh kernel in ROOT/solutions and cleaned.
+
+    `env` adds variables to the kernel's environment (e.g. OMP_NUM_THREADS); `install_source` fills
+    the install cell (see `notebooks.render`). A failing cell raises RuntimeError naming the notebook.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    path = notebooks.target(root, source, "solution")
+    folder = path.parent.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    nb = notebooks.render(notebooks.read_source(source), "solution", install_source)
+    kernel_env = {**os.environ, **KERNEL_ENV, **({"SAELAB_MODEL": model} if model else {}), **(env or {})}
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                            extra_arguments=[f"--InteractiveShellApp.exec_lines={KERNEL_SETUP}"],
+                            resources={"metadata": {"path": str(folder)}})
+    try:
+        client.execute(env=kernel_env)
+    except CellExecutionError as e:
+        summary = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise RuntimeError(f"{path}: a cell failed while executing ({summary})") from None
+    nb.metadata = nbformat.from_dict(copy.deepcopy(notebooks.NOTEBOOK_METADATA))
+    return clean_outputs(nb, machine_paths(folder, Path(root).resolve(), Path.cwd()))
+
+
+def execute(root=None, sources=None, **run) -> list[tuple[Path, str]]:
+    """Re-run each source's solution notebook and write it, unless its outputs are unchanged.
+
+    `run`: keyword arguments of `run_solution` (model, timeout, env, install_source). Returns
+    (path, what happened) pairs: "written" or "kept (outputs unchanged at 3 significant digits)".
+    Nothing is written for a notebook whose execution fails (RuntimeError).
+    """
+    root, sources = notebooks.resolve(root, sources)
+    done = []
+    for source in sources:
+        nb = run_solution(root, source, **run)
+        path = notebooks.target(root, source, "solution")
+        old = notebooks.read_notebook(path) if path.is_file() else None
+        same_cells = old is not None and _bare(old) == _bare(nb)
+        if same_cells and not compare_outputs(old, nb):
+            done.append((path, f"kept (outputs unchanged at {DIGITS} significant digits)"))
+            continue
+        notebooks.write_atomic(path, notebooks.dumps(nb))
+        done.append((path, "written"))
+    return done
+
+
+def check_outputs(root=None, sources=None, **run) -> list[str]:
+    """Execute the solutions without writing; the changes a regeneration would commit (empty: none).
+
+    `run`: keyword arguments of `run_solution` (model, timeout, env, install_source).
+    """
+    root, sources = notebooks.resolve(root, sources)
+    problems = []
+    for source in sources:
+        path = notebooks.target(root, source, "solution")
+        old = notebooks.read_notebook(path)
+        if old is None:
+            problems.append(f"{path}: missing or unreadable; run `saelab notebooks execute`")
+            continue
+        problems += [f"{path}: {d}" for d in compare_outputs(old, run_solution(root, source, **run))]
+    return problems

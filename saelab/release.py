@@ -1,0 +1,95 @@
+"""`saelab release DIR --install-source URL_OR_WHEEL`: a folder a course can publish as is.
+
+DIR gets: dist/ (saelab's sdist and wheel, built with `python -m build --no-isolation` from the
+project that holds saelab: the wheel is built from the sdist, so no stale build/ files get in), notebooks/<lab>.ipynb (exercises) and solutions/<lab>.ipynb
+(executed, outputs cleaned) with the course's install source filled in, nbgrader/ (with
+`nbgrader=True`: an nbgrader course folder, see `saelab.grading`) and manifest.json (saelab's
+version, the install source, and each file's sha256). The solutions are checked (no drift, no
+leak) before anything is published. DIR is written atomically: everything goes into a folder
+beside it (DIR.tmp-XXXX), renamed to DIR at the end; a failed release leaves no DIR behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from . import grading, notebooks, regenerate
+
+MANIFEST = "manifest.json"
+
+
+def project_root() -> Path:
+    """The folder with saelab's pyproject.toml (a source checkout), else FileNotFoundError."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").is_file():
+        raise FileNotFoundError(f"project: no pyproject.toml in {root}; release from a source checkout of saelab")
+    return root
+
+
+def build_wheel(project: str | Path, out: str | Path) -> Path:
+    """Build saelab's sdist and, from it, its wheel into `out` (needs `build`); returns the wheel's path."""
+    out = Path(out)
+    command = [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(project)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    wheels = sorted(out.glob("*.whl"))
+    if done.returncode != 0 or len(wheels) != 1:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"building the wheel failed ({tail[0][:200]}); is the `build` package installed? "
+                           "(pip install 'saelab[release]')")
+    return wheels[0]
+
+
+def manifest(folder: Path, install_source: str) -> dict:
+    """saelab's version, the install source, and {relative path: sha256} of every file under `folder`."""
+    from . import __version__
+    files = {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return {"saelab_version": __version__, "install_source": install_source, "files": files}
+
+
+def _check_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"folder: {folder} exists and is not a folder")
+    if folder.is_dir() and any(folder.iterdir()):
+        raise FileExistsError(f"folder: {folder} exists and is not empty; remove it or name a new one")
+
+
+def release(folder: str | Path, install_source: str, sources=None, nbgrader: bool = False,
+            model: str | None = None, timeout: int = 900, project: str | Path | None = None,
+            wheel: bool = True) -> Path:
+    """Write the course's release folder (see the module docstring); returns its path.
+
+    `project` is the source checkout to build the wheel from (default: saelab's own); `wheel=False`
+    skips the wheel (e.g. when the install source is a git URL).
+    """
+    folder = Path(folder)
+    if not isinstance(install_source, str) or not install_source.strip():
+        raise ValueError(f"install_source: expected a wheel path or URL, got {install_source!r}")
+    _check_folder(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f"{folder.name}.tmp-"))
+    try:
+        if wheel:
+            build_wheel(project_root() if project is None else project, work / "dist")
+        notebooks.build(work, sources, install_source)
+        regenerate.execute(work, sources, model=model, timeout=timeout, install_source=install_source)
+        problems = notebooks.check(work, sources, install_source)
+        if problems:
+            raise RuntimeError(f"the release's notebooks do not check: {problems[0]}")
+        if nbgrader:
+            grading.build_nbgrader(work / "nbgrader", sources, install_source)
+        text = json.dumps(manifest(work, install_source), indent=1, sort_keys=True) + "\n"
+        notebooks.write_atomic(work / MANIFEST, text)
+        if folder.is_dir():
+            folder.rmdir()  # empty (checked above)
+        os.replace(work, folder)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return folder
