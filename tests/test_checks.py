@@ -69,7 +69,7 @@ def test_check_sae_accepts_the_reference(capsys):
     checks.check_sae(SkeletonSAE)
     checks.check_sae(SkeletonSAE(4, 8))  # an instance works too; its own shape does not matter
     out = capsys.readouterr().out
-    assert out.startswith("✅ check_sae passed")
+    assert out.startswith("✅ check_sae (exercise ")
 
 
 @pytest.mark.parametrize("cls, words", [
@@ -107,7 +107,7 @@ def reference_rows(model, texts, layer):
 
 def test_check_activations_accepts_the_reference(model, capsys):
     checks.check_activations(reference_rows, model)
-    assert capsys.readouterr().out.startswith("✅ check_activations passed")
+    assert capsys.readouterr().out.startswith("✅ check_activations (exercise ")
 
 
 def with_bos(model, texts, layer):
@@ -181,7 +181,7 @@ def stub_loop(sae, rows, sparsity_coef, lr=1e-3, batch_size=64, epochs=1, seed=0
 
 def test_check_training_loop_accepts_the_reference(capsys):
     checks.check_training_loop(train_one)
-    assert capsys.readouterr().out.startswith("✅ check_training_loop passed")
+    assert capsys.readouterr().out.startswith("✅ check_training_loop (exercise ")
 
 
 @pytest.mark.parametrize("fn, words", [
@@ -235,7 +235,7 @@ def stub_pairs(features, k=10, min_density=0.01):
 
 def test_check_top_pairs_accepts_the_reference(capsys):
     checks.check_top_pairs(top_pairs)
-    assert capsys.readouterr().out.startswith("✅ check_top_pairs passed")
+    assert capsys.readouterr().out.startswith("✅ check_top_pairs (exercise ")
 
 
 @pytest.mark.parametrize("fn, words", [
@@ -268,4 +268,4 @@ def test_check_fvu_rejects_mistakes(fn, words):
 
 def test_check_fvu_accepts_the_reference(capsys):
     checks.check_fvu(fvu)
-    assert capsys.readouterr().out.startswith("✅ check_fvu passed")
+    assert capsys.readouterr().out.startswith("✅ check_fvu (exercise ")
