@@ -16,13 +16,18 @@ CHECK = "check_fvu"
 
 
 def _data():
-    """x [64, 8] far from zero mean, with a different mean per dimension, and an SAE's x_hat."""
+    """x [64, 8] far from zero mean, with a different mean and scale per dimension, and a TiedSAE whose
+    reconstruction x_hat = mean + 0.64 (x - mean) leaves FVU = 0.36^2 unexplained: (sae, x, x_hat)."""
     from ..sae import TiedSAE
 
     g = torch.Generator().manual_seed(6)
     x = torch.randn(64, 8, generator=g) * torch.linspace(0.5, 3, 8) + torch.linspace(-4, 8, 8)
+    mean, eye = x.mean(dim=0), torch.eye(8)
     sae = TiedSAE(8, 24, seed=7)
-    with torch.no_grad():
+    with torch.no_grad():  # features relu(+-0.8 (x - mean)), decoded back to 0.64 (x - mean) + mean
+        sae.encoder.weight.copy_(0.8 * torch.cat([eye, -eye, torch.zeros(8, 8)]))
+        sae.encoder.bias.copy_(-sae.encoder.weight @ mean)
+        sae.decoder_bias.copy_(mean)
         return sae, x, sae(x)[0]
 
 

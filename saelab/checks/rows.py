@@ -6,6 +6,8 @@ it, the rows of all texts concatenated in text order into one [n_tokens, d_model
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .core import as_tensor, call, close, fail, passed
@@ -15,11 +17,13 @@ CHECK_TEXTS = ("The quick brown fox jumps over the lazy dog.", "def add(a, b):\n
 HOOKS = {"resid_pre": "the block's input", "resid_mid": "after attention, before the MLP"}
 
 
-def _rows(model, texts, layer, hook="resid_post"):
-    """saelab's rows of `hook` at `layer`, BOS rows kept: (rows [n, d_model], position [n])."""
+@functools.lru_cache(maxsize=64)
+def _rows(model, texts: tuple[str, ...], layer: int, hook: str = "resid_post"):
+    """saelab's rows of `hook` at `layer`, BOS rows kept: (rows [n, d_model], position [n]). Cached, so
+    running a check again (as a student does after each fix) costs only the student's function."""
     from ..activations import collect_activations
 
-    acts = collect_activations(model, texts, [layer], hook=hook, exclude_bos=False, progress=False)
+    acts = collect_activations(model, list(texts), [layer], hook=hook, exclude_bos=False, progress=False)
     return acts[layer].rows.float(), acts[layer].position
 
 
@@ -55,20 +59,20 @@ def _bos_message(rows: torch.Tensor, is_bos: torch.Tensor) -> str:
     return text + "Drop position 0 of each text: cache['resid_post', layer][0, 1:]."
 
 
-def _wrong_values(model, texts, layer, got, with_bos, position) -> None:
+def _wrong_values(model, layer, got, with_bos, position) -> None:
     """CheckFailed naming the mistake when `got` has the right shape but not the right values."""
     last = torch.cat([position[1:] == 0, torch.tensor([True])])  # each text's last row
     if close(got, with_bos[~last], atol=1e-3, rtol=1e-3):
         fail(CHECK, "these rows drop each text's LAST position and keep its BOS (position 0): take [0, 1:], "
                     "not [0, :-1].")
     for hook, where in HOOKS.items():
-        rows, _ = _rows(model, texts, layer, hook)
+        rows, _ = _rows(model, CHECK_TEXTS, layer, hook)
         if close(got, rows[position != 0], atol=1e-3, rtol=1e-3):
             extra = f" (which equals resid_post of layer {layer - 1})" if hook == "resid_pre" and layer else ""
             fail(CHECK, f"these are the rows of the hook {hook} at layer {layer}, {where}{extra}; the lab uses "
                         f"resid_post, the block's output: cache['resid_post', layer] (blocks.{layer}.hook_resid_post).")
     for other in range(model.cfg.n_layers):
-        rows, _ = _rows(model, texts, other)
+        rows, _ = _rows(model, CHECK_TEXTS, other)
         if other != layer and close(got, rows[position != 0], atol=1e-3, rtol=1e-3):
             fail(CHECK, f"these are the rows of layer {other}, not layer {layer}: use the `layer` argument, "
                         "cache['resid_post', layer].")
@@ -86,7 +90,7 @@ def check_activations(collect_rows, model, layer: int = 1) -> None:
     """
     layer = min(layer, model.cfg.n_layers - 1)
     texts = list(CHECK_TEXTS)
-    with_bos, position = _rows(model, texts, layer)
+    with_bos, position = _rows(model, CHECK_TEXTS, layer)
     ref = with_bos[position != 0]
     got = _as_rows(call(CHECK, f"collect_rows(model, texts, layer={layer})", collect_rows, model, texts, layer),
                    with_bos.shape[1])
@@ -99,6 +103,6 @@ def check_activations(collect_rows, model, layer: int = 1) -> None:
         fail(CHECK, f"collect_rows returned {len(got)} rows, expected {len(ref)}: every token of each text except "
                     "its BOS. Drop only position 0 of each text ([0, 1:]), which model.to_tokens fills with BOS.")
     if not close(got, ref, atol=1e-3, rtol=1e-3):
-        _wrong_values(model, texts, layer, got, with_bos, position)
+        _wrong_values(model, layer, got, with_bos, position)
     passed(CHECK, f"{len(got)} rows of resid_post at layer {layer}, BOS rows excluded, match "
                   "saelab.collect_activations.")

@@ -7,6 +7,7 @@ mistakes (each one a variant of the reference loop) to name the one it matches.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -39,10 +40,12 @@ def _new_sae():
     return TiedSAE(D, N, seed=4)
 
 
-def _replay(rows, coef: float, variant: str | None = None):
-    """The reference loop, or one usual mistake in it: (state_dict, losses)."""
+@functools.lru_cache(maxsize=32)
+def _replay(coef: float, variant: str | None = None):
+    """The reference loop on `_data()`, or one usual mistake in it: (state_dict, losses). Cached."""
     from ..train import batch_indices
 
+    rows = _data()
     sae = _new_sae()
     optimizer = torch.optim.Adam(sae.parameters(), lr=SETTINGS["lr"])
     batches = list(batch_indices(len(rows), SETTINGS["batch_size"], seed=SETTINGS["seed"], epochs=SETTINGS["epochs"]))
@@ -59,6 +62,16 @@ def _replay(rows, coef: float, variant: str | None = None):
         optimizer.step()
         losses.append(loss.item())
     return sae.state_dict(), losses
+
+
+@functools.lru_cache(maxsize=4)
+def _trained(coef: float) -> dict:
+    """The weights `saelab.train_sae` reaches with SETTINGS on `_data()` (cached)."""
+    from ..train import train_sae
+
+    ref = _new_sae()
+    train_sae(ref, _data(), sparsity_coef=coef, device="cpu", progress=False, **SETTINGS)
+    return ref.state_dict()
 
 
 def _same(state, other) -> bool:
@@ -80,11 +93,11 @@ def _check_form(losses, before, state, n_steps: int) -> None:
         fail(CHECK, f"the losses should be floats (loss.item()), got {', '.join(kinds)}.")
 
 
-def _name_the_mistake(rows, coef: float, state) -> None:
+def _name_the_mistake(coef: float, state) -> None:
     for variant, message in MISTAKES.items():
-        if _same(state, _replay(rows, coef, variant)[0]):
+        if _same(state, _replay(coef, variant)[0]):
             fail(CHECK, message)
-    if coef != 1e-3 and _same(state, _replay(rows, 1e-3)[0]):
+    if coef != 1e-3 and _same(state, _replay(1e-3)[0]):
         fail(CHECK, f"with sparsity_coef={coef} the weights match training with 1e-3: pass the sparsity_coef "
                     "argument on to sae.compute_loss(rows[batch], sparsity_coef=sparsity_coef).")
     fail(CHECK, "the weights after training differ from saelab.train_sae's with the same settings. Each step: "
@@ -96,21 +109,17 @@ def check_training_loop(train_one) -> None:
     """Exercise 3: check `train_one(sae, rows, sparsity_coef, lr, batch_size, epochs, seed) -> list of
     losses` against `saelab.train_sae` with the same settings (same seeded batch order: `batch_indices`),
     on rows [96, 8] at two sparsity coefficients; weights compared after training, losses step by step."""
-    from ..train import train_sae
-
     rows = _data()
     n_steps = SETTINGS["epochs"] * math.ceil(len(rows) / SETTINGS["batch_size"])
     for coef in (1e-3, 0.3):
-        ref = _new_sae()
-        train_sae(ref, rows, sparsity_coef=coef, device="cpu", progress=False, **SETTINGS)
         sae = _new_sae()
         before = {k: v.clone() for k, v in sae.state_dict().items()}
         losses = call(CHECK, f"train_one(sae, rows, sparsity_coef={coef}, ...)", train_one, sae, rows, coef, **SETTINGS)
         state = sae.state_dict()
         _check_form(losses, before, state, n_steps)
-        if not _same(state, ref.state_dict()):
-            _name_the_mistake(rows, coef, state)
-        want = _replay(rows, coef)[1]
+        if not _same(state, _trained(coef)):
+            _name_the_mistake(coef, state)
+        want = _replay(coef)[1]
         if not all(math.isclose(float(a), b, rel_tol=1e-4, abs_tol=1e-6) for a, b in zip(losses, want)):
             fail(CHECK, "the weights are right but the recorded losses are not each step's loss: append "
                         "loss.item() of the loss you call backward() on (recon + sparsity_coef * sparsity).")
