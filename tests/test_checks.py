@@ -416,3 +416,24 @@ def test_an_ipython_shell_shows_the_message_and_the_cell_fails():
     assert "❌ check_fvu (exercise 5) failed: fvu(x, x_hat) = 0.5" in out
     assert "success False CheckFailed" in out
     assert "Traceback" not in out + done.stderr
+
+
+def test_the_bos_message_states_the_norm_ratio_only_where_it_is_large():
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(10, 8, generator=g)
+    is_bos = torch.zeros(10, dtype=torch.bool)
+    is_bos[[0, 5]] = True
+    rows[is_bos] = torch.full((8,), 20.0)  # one vector, about 20x the other rows' norm
+    message = checks.rows.bos_message(rows, is_bos)
+    assert "the same vector in every text" in message
+    ratio = rows[is_bos].norm(dim=-1).mean() / rows[~is_bos].norm(dim=-1).mean()
+    assert f"Its norm is also {ratio:.0f}x the other rows' mean" in message and "On GPT-2" not in message
+    rows[is_bos] = rows[~is_bos][:2] * 1.3  # like tiny: not identical, not large
+    message = checks.rows.bos_message(rows, is_bos)
+    assert "x the other rows' mean" not in message and "On GPT-2" in message
+    assert "the same vector" not in message
+
+
+def test_check_activations_wants_the_model():
+    with pytest.raises(CheckFailed, match="pass the notebook's model"):
+        checks.check_activations(reference_rows, "tiny")

@@ -41,7 +41,7 @@ def _as_rows(got, width: int) -> torch.Tensor:
     return got
 
 
-def _bos_message(rows: torch.Tensor, is_bos: torch.Tensor) -> str:
+def bos_message(rows: torch.Tensor, is_bos: torch.Tensor) -> str:
     """What is wrong with keeping the BOS rows, with the norm ratio stated only where it is telling."""
     norms = rows.norm(dim=-1)
     bos = rows[is_bos]
@@ -88,6 +88,11 @@ def check_activations(collect_rows, model, layer: int = 1) -> None:
     Its rows must be the `resid_post` activations of `layer` for every token of each text, in order,
     without the BOS rows (position 0).
     """
+    if not (callable(getattr(model, "run_with_cache", None)) and hasattr(model, "cfg")):
+        fail(CHECK, "pass the notebook's model as the second argument: check_activations(collect_rows, model); got "
+                    f"{type(model).__name__}.")
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        fail(CHECK, f"layer: expected a non-negative int, got {layer!r}.")
     layer = min(layer, model.cfg.n_layers - 1)
     texts = list(CHECK_TEXTS)
     with_bos, position = _rows(model, CHECK_TEXTS, layer)
@@ -95,7 +100,7 @@ def check_activations(collect_rows, model, layer: int = 1) -> None:
     got = _as_rows(call(CHECK, f"collect_rows(model, texts, layer={layer})", collect_rows, model, texts, layer),
                    with_bos.shape[1])
     if len(got) == len(with_bos):
-        fail(CHECK, _bos_message(with_bos, position == 0))
+        fail(CHECK, bos_message(with_bos, position == 0))
     if len(got) > len(ref):
         fail(CHECK, f"collect_rows returned {len(got)} rows for {len(ref)} real tokens (BOS excluded). Padding rows "
                     "from batching texts together must not become rows; run one text at a time.")
