@@ -69,7 +69,7 @@ def test_check_sae_accepts_the_reference(capsys):
     checks.check_sae(SkeletonSAE)
     checks.check_sae(SkeletonSAE(4, 8))  # an instance works too; its own shape does not matter
     out = capsys.readouterr().out
-    assert out.startswith("✅ check_sae passed")
+    assert out.startswith("✅ check_sae (exercise ")
 
 
 @pytest.mark.parametrize("cls, words", [
@@ -107,7 +107,7 @@ def reference_rows(model, texts, layer):
 
 def test_check_activations_accepts_the_reference(model, capsys):
     checks.check_activations(reference_rows, model)
-    assert capsys.readouterr().out.startswith("✅ check_activations passed")
+    assert capsys.readouterr().out.startswith("✅ check_activations (exercise ")
 
 
 def with_bos(model, texts, layer):
@@ -181,7 +181,7 @@ def stub_loop(sae, rows, sparsity_coef, lr=1e-3, batch_size=64, epochs=1, seed=0
 
 def test_check_training_loop_accepts_the_reference(capsys):
     checks.check_training_loop(train_one)
-    assert capsys.readouterr().out.startswith("✅ check_training_loop passed")
+    assert capsys.readouterr().out.startswith("✅ check_training_loop (exercise ")
 
 
 @pytest.mark.parametrize("fn, words", [
@@ -235,7 +235,7 @@ def stub_pairs(features, k=10, min_density=0.01):
 
 def test_check_top_pairs_accepts_the_reference(capsys):
     checks.check_top_pairs(top_pairs)
-    assert capsys.readouterr().out.startswith("✅ check_top_pairs passed")
+    assert capsys.readouterr().out.startswith("✅ check_top_pairs (exercise ")
 
 
 @pytest.mark.parametrize("fn, words", [
@@ -268,4 +268,172 @@ def test_check_fvu_rejects_mistakes(fn, words):
 
 def test_check_fvu_accepts_the_reference(capsys):
     checks.check_fvu(fvu)
-    assert capsys.readouterr().out.startswith("✅ check_fvu passed")
+    assert capsys.readouterr().out.startswith("✅ check_fvu (exercise ")
+
+
+def test_check_fvu_names_centring_and_sample_variance_mistakes():
+    with pytest.raises(CheckFailed, match="one overall mean"):
+        checks.check_fvu(lambda x, x_hat: ((x - x_hat).pow(2).sum() / (x - x.mean()).pow(2).sum()).item())
+    with pytest.raises(CheckFailed, match="sample variance"):
+        checks.check_fvu(lambda x, x_hat: ((x - x_hat).pow(2).mean() / x.var(dim=0).mean()).item())
+
+
+# --------------------------------------------------------------------------- more recipe steps skipped
+
+def test_check_activations_names_the_hook_not_the_layer_for_resid_pre(model):
+    def resid_pre(model, texts, layer):
+        with torch.no_grad():
+            return torch.cat([model.run_with_cache(model.to_tokens(t))[1]["resid_pre", layer][0, 1:] for t in texts])
+    with pytest.raises(CheckFailed, match="hook resid_pre at layer 1") as info:
+        checks.check_activations(resid_pre, model)
+    assert "not layer 1" not in str(info.value)
+
+
+def test_check_activations_bos_message_does_not_contradict_itself_on_tiny(model):
+    with pytest.raises(CheckFailed) as info:
+        checks.check_activations(with_bos, model)
+    message = str(info.value)
+    assert "the same vector in every text" in message and "On GPT-2" in message
+    assert "1x" not in message
+
+
+def test_check_activations_notices_the_last_token_dropped_instead_of_bos(model):
+    def last_dropped(model, texts, layer):
+        with torch.no_grad():
+            return torch.cat([model.run_with_cache(model.to_tokens(t))[1]["resid_post", layer][0, :-1] for t in texts])
+    with pytest.raises(CheckFailed, match="LAST position"):
+        checks.check_activations(last_dropped, model)
+
+
+def variant_loop(zero_grad=True, fresh=False, whole=False, record=lambda loss, stats: loss.item()):
+    from saelab.train import batch_indices
+
+    def loop(sae, rows, sparsity_coef, lr=1e-3, batch_size=64, epochs=1, seed=0):
+        optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
+        losses = []
+        for batch in batch_indices(len(rows), batch_size, seed=seed, epochs=epochs):
+            if fresh:
+                optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
+            if zero_grad:
+                optimizer.zero_grad()
+            loss, stats = sae.compute_loss(rows if whole else rows[batch], sparsity_coef=sparsity_coef)
+            loss.backward()
+            optimizer.step()
+            losses.append(record(loss, stats))
+        return losses
+    return loop
+
+
+@pytest.mark.parametrize("fn, words", [
+    (variant_loop(zero_grad=False), "without optimizer.zero_grad"),
+    (variant_loop(fresh=True), "new Adam optimizer at every step"),
+    (variant_loop(whole=True), "on all rows at every step"),
+    (variant_loop(record=lambda loss, stats: stats["recon"]), "recorded losses are not each step's loss"),
+    (variant_loop(record=lambda loss, stats: stats), "should be floats"),
+])
+def test_check_training_loop_names_each_skipped_step(fn, words):
+    with pytest.raises(CheckFailed, match=words):
+        checks.check_training_loop(fn)
+
+
+def pairs_variant(filter_by=lambda f, d: (f > 0).float().mean(0) > d, descending=True, top_k=True, swap=False,
+                  nan_to_num=False):
+    def fn(features, k=10, min_density=0.01):
+        active = torch.nonzero(filter_by(features, min_density)).flatten()
+        corr = torch.corrcoef(features[:, active].T)
+        if nan_to_num:
+            corr = torch.nan_to_num(corr)
+        i, j = torch.triu_indices(len(active), len(active), offset=1)
+        order = corr[i, j].argsort(descending=descending)[:k if top_k else None]
+        pairs = [(int(active[i[o]]), int(active[j[o]]), float(corr[i[o], j[o]])) for o in order]
+        return [(b, a, c) for a, b, c in pairs] if swap else pairs
+    return fn
+
+
+@pytest.mark.parametrize("fn, words", [
+    (pairs_variant(filter_by=lambda f, d: torch.ones(f.shape[1], dtype=torch.bool)), "NaN"),
+    (pairs_variant(filter_by=lambda f, d: torch.ones(f.shape[1], dtype=torch.bool), nan_to_num=True),
+     "feature 8 is active on 0.5% of the rows"),
+    (pairs_variant(filter_by=lambda f, d: f.mean(0) > d), "below min_density"),
+    (pairs_variant(descending=False), "LEAST correlated"),
+    (pairs_variant(top_k=False), "expected k = 6"),
+    (pairs_variant(swap=True), "smaller feature id first"),
+])
+def test_check_top_pairs_names_each_skipped_step(fn, words):
+    with pytest.raises(CheckFailed, match=words):
+        checks.check_top_pairs(fn)
+
+
+def test_the_rare_feature_would_enter_the_top_pairs_without_the_density_filter():
+    from saelab.experiments.correlation import top_correlated_pairs
+    features = checks.pairs.pair_features()
+    assert (features[:, checks.pairs.RARE] > 0).float().mean() < checks.pairs.MIN_DENSITY
+    unfiltered = top_correlated_pairs(features, k=checks.pairs.K, min_density=0.0)
+    assert any(checks.pairs.RARE in (i, j) for i, j, _ in unfiltered)
+
+
+# --------------------------------------------------------------------------- how a failure shows
+
+def test_failure_text_is_the_message_with_its_check_and_exercise():
+    with pytest.raises(CheckFailed) as info:
+        checks.check_fvu(lambda x, x_hat: 1 - fvu(x, x_hat))
+    assert str(info.value).startswith("check_fvu (exercise 5): this is the explained variance")
+    text = checks.failure_text(info.value)
+    assert text.startswith("❌ check_fvu (exercise 5) failed: this is the explained variance")
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert sorted(checks.EXERCISES.values()) == [1, 2, 3, 4, 5]
+
+
+def run_python(code):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_plain_python_shows_the_message_without_a_stack_trace():
+    done = run_python("from saelab import checks\nchecks.check_fvu(lambda x, x_hat: 0.5)")
+    assert done.returncode == 1
+    assert done.stderr.startswith("❌ check_fvu (exercise 5) failed: fvu(x, x_hat) = 0.5, expected")
+    assert "Traceback" not in done.stderr
+    # any other exception keeps Python's own traceback
+    other = run_python("from saelab import checks\n1 / 0")
+    assert other.returncode == 1 and "Traceback" in other.stderr and "ZeroDivisionError" in other.stderr
+
+
+def test_an_ipython_shell_shows_the_message_and_the_cell_fails():
+    """The installed IPython's InteractiveShell (the class every kernel's shell extends): the custom
+    handler shows the message itself, since IPython ignores what a handler returns."""
+    done = run_python(
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "shell = InteractiveShell.instance()\n"
+        "shell.run_cell('from saelab import checks')\n"
+        "result = shell.run_cell('checks.check_fvu(lambda x, x_hat: 0.5)')\n"
+        "print('success', result.success, type(result.error_in_exec).__name__)\n")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "❌ check_fvu (exercise 5) failed: fvu(x, x_hat) = 0.5" in out
+    assert "success False CheckFailed" in out
+    assert "Traceback" not in out + done.stderr
+
+
+def test_the_bos_message_states_the_norm_ratio_only_where_it_is_large():
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(10, 8, generator=g)
+    is_bos = torch.zeros(10, dtype=torch.bool)
+    is_bos[[0, 5]] = True
+    rows[is_bos] = torch.full((8,), 20.0)  # one vector, about 20x the other rows' norm
+    message = checks.rows.bos_message(rows, is_bos)
+    assert "the same vector in every text" in message
+    ratio = rows[is_bos].norm(dim=-1).mean() / rows[~is_bos].norm(dim=-1).mean()
+    assert f"Its norm is also {ratio:.0f}x the other rows' mean" in message and "On GPT-2" not in message
+    rows[is_bos] = rows[~is_bos][:2] * 1.3  # like tiny: not identical, not large
+    message = checks.rows.bos_message(rows, is_bos)
+    assert "x the other rows' mean" not in message and "On GPT-2" in message
+    assert "the same vector" not in message
+
+
+def test_check_activations_wants_the_model():
+    with pytest.raises(CheckFailed, match="pass the notebook's model"):
+        checks.check_activations(reference_rows, "tiny")

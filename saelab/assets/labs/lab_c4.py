@@ -9,21 +9,24 @@
 # BEGIN SOLUTION
 # **Solution notebook.** Every exercise is filled in and every check passes; the outputs come from
 # `saelab notebooks execute` on the model named by `$SAELAB_MODEL` (the embedded `tiny` model by default).
-# STUB: **Exercise notebook.** Fill in the cells marked `raise NotImplementedError()`, then run the check
-# STUB: cell below each one. A check prints a line starting with ✅ when your code is right, or says what is
-# STUB: wrong and hints at the usual mistake.
+# STUB: **Exercise notebook.** Parts 1 to 5 each hold one exercise, numbered like its part: fill in the cells
+# STUB: marked `raise NotImplementedError()`, then run the check cell below each one. A check prints a line
+# STUB: starting with ✅ when your code is right; otherwise the cell fails with a message starting with ❌ that
+# STUB: says what is wrong and hints at the usual mistake (so "Run all" stops at the first unfinished exercise).
 # END SOLUTION
 #
 # A **sparse autoencoder** (SAE) rewrites a model's activation vector as a sparse combination of many
 # learned directions, its *features*, which are often easier to interpret than the model's neurons.
 # In this lab you will:
 #
-# 1. implement a tied-weight SAE (Part 1),
-# 2. collect activations from a transformer, and see why the BOS token's rows are left out (Part 2),
-# 3. train SAEs at several sparsity levels and read the trade-off on held-out text (Part 3, exercise 1),
-# 4. find features that fire together (Part 4, exercise 2),
-# 5. compare SAEs on an early and a late layer, fairly (Part 5, exercise 3),
-# 6. look closely at a few features (Part 6).
+# 1. implement a tied-weight SAE (Part 1, exercise 1),
+# 2. collect activations from a transformer, and see why the BOS token's rows are left out (Part 2, exercise 2),
+# 3. train SAEs at several sparsity levels and read the trade-off on held-out text (Part 3, exercise 3),
+# 4. find features that fire together (Part 4, exercise 4),
+# 5. compare SAEs on an early and a late layer, fairly (Part 5, exercise 5),
+# 6. look closely at a few features (Part 6, questions only).
+#
+# The words and units of the tables (MSE, L1, L0, FVU, CE loss recovered, ...) are in the glossary in Part 3b.
 #
 # **How this notebook works.** After each exercise, the notebook carries on with `saelab`'s reference
 # implementation, not yours, so if you are stuck on one exercise you can still run and learn from the rest.
@@ -35,18 +38,31 @@
 # %% [markdown]
 # ## Setup
 #
-# The first cell installs `saelab` when it is missing (on Colab, or on a first run); elsewhere it does
-# nothing. The second loads the model on the best device available (CUDA, then Apple MPS, then CPU).
+# The first cell does nothing when `saelab` is installed. When it is missing (on Colab, or in a kernel of
+# another environment), it installs the course's own copy named by `INSTALL_SOURCE` (a wheel or a git URL,
+# filled in by your instructor), or, when there is none, stops and says how to install saelab. It never asks
+# a package index for a name. The second cell loads the model on the best device available (CUDA, then
+# Apple MPS, then CPU).
 
 # %%
-# First run / Colab: install saelab if it is missing. ($SAELAB_PIP may name a wheel or a git URL.)
+# Install saelab if this kernel lacks it, from INSTALL_SOURCE only: the course's wheel (a URL or a path)
+# or git URL, which `saelab notebooks build --install-source ...` writes into the line below.
+import importlib
 import importlib.util
-import os
 import subprocess
 import sys
 
+INSTALL_SOURCE = None
 if importlib.util.find_spec("saelab") is None:
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", os.environ.get("SAELAB_PIP", "saelab")])
+    if INSTALL_SOURCE is None:
+        raise ModuleNotFoundError(
+            "saelab is not installed in this kernel's Python (" + sys.executable + ").\n"
+            "Install it from a copy of the saelab repository, as its README says, in a terminal:\n"
+            "    python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e \".[notebooks]\"\n"
+            "then open this notebook with that environment's Jupyter (jupyter lab notebooks/lab_c4.ipynb).\n"
+            "On Colab: set INSTALL_SOURCE in this cell to the wheel or git URL your course gives, and run it again.")
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", INSTALL_SOURCE])
+    importlib.invalidate_caches()
 
 # %%
 import matplotlib.pyplot as plt
@@ -79,7 +95,7 @@ print(f"{MODEL_NAME}: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, 
       f"{len(train_texts)} training texts, {len(test_texts)} held-out texts")
 
 # %% [markdown]
-# ## Part 1: The tied sparse autoencoder
+# ## Part 1 (exercise 1): The tied sparse autoencoder
 #
 # **What.** Implement `encode`, `decode` and `compute_loss` of a tied-weight ReLU SAE:
 #
@@ -157,7 +173,7 @@ loss, stats = sae.compute_loss(torch.randn(8, model.cfg.d_model))
 print(sae, stats)
 
 # %% [markdown]
-# ## Part 2: Collecting activations, without the BOS rows
+# ## Part 2 (exercise 2): Collecting activations, without the BOS rows
 #
 # **What.** Write `collect_rows(model, texts, layer)`: run the model on each text, take the residual
 # stream after block `layer` (`resid_post`) at every token, leave out the first position (the BOS token
@@ -235,7 +251,7 @@ print(acts)
 print(test_acts)
 
 # %% [markdown]
-# ## Part 3 (exercise 1): Sparsity levels
+# ## Part 3 (exercise 3): Sparsity levels
 #
 # ### 3a. The training loop
 #
@@ -284,6 +300,25 @@ checks.check_training_loop(train_one)
 # The seed swept 1e-2, 1e-3 and 1e-4. With the penalty being the *mean* of |features|, those are too weak
 # to matter at this activation scale (the 1e-3 row below shows it: L0 barely moves), so we sweep up to
 # 30. The useful range depends on the scale of the activations; always check L0.
+#
+# **Glossary: the numbers in the tables.** With $x$ a row ($d_{model}$ numbers), $\hat{x}$ its
+# reconstruction and $f$ its features, over the evaluation rows:
+#
+# - **MSE** (`mse`; the `recon` of `compute_loss`): the mean of $(x - \hat{x})^2$ over rows *and dimensions*,
+#   i.e. the squared error per dimension, in squared activation units. SAELens reports the sum over dimensions
+#   instead: its MSE is saelab's times $d_{model}$.
+# - **L1** (`l1`): the mean over rows of $\sum_i |f_i|$. The training penalty `sparsity` is its mean over
+#   features, $\mathrm{mean}\,|f|$ = L1 / n_features.
+# - **L0** (`l0`): the mean number of active features ($f_i > 0$) per row: a count.
+# - **FVU** (`fvu`): the fraction of variance unexplained, $\sum (x - \hat{x})^2 / \sum (x - \bar{x})^2$ with
+#   $\bar{x}$ each dimension's mean: 0 is perfect, 1 is no better than always predicting the mean row.
+# - **Explained variance** (`explained_variance`): 1 - FVU.
+# - **Dead fraction** (`dead_fraction`): the share of features never active on these rows; **dense fraction**
+#   (`dense_fraction`): the share active on more than 10% of them.
+# - **CE loss recovered** (`ce_loss_recovered`): $(CE_{zero} - CE_{spliced}) / (CE_{zero} - CE_{clean})$, from the
+#   model's mean next-token cross-entropy in **nats** (natural log) per token: clean, with the SAE's
+#   reconstruction spliced in (`ce_loss_spliced`), and with the activation zeroed. 1 means the SAE costs
+#   nothing, 0 as bad as deleting the activation. It is a ratio, without unit; the CE columns are in nats.
 
 # %%
 COEFS = [1e-3, 1, 3, 10, 30]
@@ -342,7 +377,7 @@ assert flatter["seed SAE, measured on its training prompts"].fvu < flatter["seed
 # END SOLUTION
 
 # %% [markdown]
-# ## Part 4 (exercise 2): Features that fire together
+# ## Part 4 (exercise 4): Features that fire together
 #
 # **What.** Write `top_pairs(features, k, min_density)`: given a feature matrix `[n_tokens, n_features]`,
 # keep the features active (> 0) on more than `min_density` of the tokens, compute the Pearson
@@ -415,7 +450,7 @@ display(saelab.top_activating_examples(sae, test_acts, j, k=5))
 # END SOLUTION
 
 # %% [markdown]
-# ## Part 5 (exercise 3): Early vs late layers, compared fairly
+# ## Part 5 (exercise 5): Early vs late layers, compared fairly
 #
 # **What.** Write `fvu(x, x_hat)`, the *fraction of variance unexplained*:
 #
@@ -470,7 +505,7 @@ assert late.activation_norm > early.activation_norm
 # END SOLUTION
 
 # %% [markdown]
-# ## Part 6: What do the features respond to?
+# ## Part 6 (questions only): What do the features respond to?
 #
 # A *feature card* shows one feature: how often it fires, a histogram of its activations, the held-out
 # tokens where it fires most (in context) and the tokens its decoder direction promotes or suppresses
