@@ -80,9 +80,19 @@ def save(sae, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     sae.save_inference_model(str(tmp))
+    for file in tmp.iterdir():
+        file.chmod(0o644)
+    tmp.chmod(0o755)  # mkdtemp makes it private; package data must be readable
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+
+
+def write_atomic(file: Path, text: str) -> None:
+    """Write text beside `file`, then rename it onto `file`."""
+    tmp = file.with_name(f".{file.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, file)
 
 
 def card(info: dict) -> str:
@@ -97,7 +107,8 @@ on far more of tiny's text than the lab uses. Rebuilt by `python tools/train_ref
   b_enc, b_dec; ReLU; `apply_b_dec_to_input` true), fp32, {info['size_kb']:.0f} kB of weights.
 - Hook: `blocks.2.hook_resid_post` of tiny (BOS rows excluded, each text cut to 256 tokens).
 - Data: all {info['n_texts']} shipped training texts = {info['n_rows']:,} rows, {info['epochs']} epochs:
-  {info['tokens']:,} training tokens in {info['steps']:,} steps of {info['batch_size']}.
+  {info['tokens']:,} training tokens in {info['steps']:,} steps of {info['batch_size']} (the lab trains on
+  20,000 rows for 300 steps of 256 = 76,800 tokens).
 - Trainer: `sae_lens.SAETrainer` {info['sae_lens_version']} (Adam lr {info['lr']} with warm-up and decay,
   L1 coefficient {info['l1']} with warm-up, `expected_average_only_in` normalisation folded in), seed
   {info['seed']}, {info['seconds']:.0f} s on CPU ({info['threads']} thread(s)).
@@ -145,8 +156,8 @@ def main(argv=None) -> None:
     cfg_file = args.out / "cfg.json"
     cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     cfg["metadata"]["saelab_reference"] = info
-    cfg_file.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
-    (args.out.parent / "REFERENCE_CARD.md").write_text(card(info), encoding="utf-8")
+    write_atomic(cfg_file, json.dumps(cfg, indent=2))
+    write_atomic(args.out.parent / "REFERENCE_CARD.md", card(info))
     print(json.dumps(info, indent=2))
 
 
