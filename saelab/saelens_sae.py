@@ -53,21 +53,22 @@ class SAELensSAE:
     device and dtype. Refused, with the reason: transcoders and temporal SAEs (decode does not
     reconstruct encode's input), hook_z reshaping (saelab's rows are flat `[..., d_in]`), and
     `normalize_activations="expected_average_only_in"` with its scale not folded into the weights.
+    name: the argument's name in those errors (`as_sae(name, sae)` passes its own).
     """
 
-    def __init__(self, sae):
+    def __init__(self, sae, name: str = "sae"):
         if not is_saelens_sae(sae):
-            raise ValueError(f"sae: expected a SAELens SAE object (sae_lens.SAE), got {describe(sae)}")
+            raise ValueError(f"{name}: expected a SAELens SAE object (sae_lens.SAE), got {describe(sae)}")
         architecture = sae.cfg.architecture()
         if architecture in _NOT_AUTOENCODERS:
-            raise ValueError(f"sae: saelab's tools need an SAE that reconstructs its input, got a SAELens "
+            raise ValueError(f"{name}: saelab's tools need an SAE that reconstructs its input, got a SAELens "
                              f"{architecture!r} SAE ({_NOT_AUTOENCODERS[architecture]})")
         if sae.cfg.reshape_activations != "none":
-            raise ValueError(f"sae: expected a SAELens SAE reading flat [..., d_in] rows, got reshape_activations="
+            raise ValueError(f"{name}: expected a SAELens SAE reading flat [..., d_in] rows, got reshape_activations="
                              f"{sae.cfg.reshape_activations!r} (hook_z); call sae.turn_off_forward_pass_hook_z_"
                              f"reshaping() and set sae.cfg.reshape_activations = 'none' first")
         if sae.cfg.normalize_activations == "expected_average_only_in":
-            raise ValueError("sae: expected a SAELens SAE that reads raw activations, got normalize_activations="
+            raise ValueError(f"{name}: expected a SAELens SAE that reads raw activations, got normalize_activations="
                              "'expected_average_only_in' with its scale not folded in; call "
                              "sae.fold_activation_norm_scaling_factor(factor) first")
         self.sae = sae

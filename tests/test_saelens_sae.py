@@ -199,6 +199,8 @@ def test_unsupported_sources_and_architectures_are_refused(tmp_path):
     transcoder = sae_lens.Transcoder(sae_lens.TranscoderConfig(d_in=8, d_sae=16, d_out=8, apply_b_dec_to_input=False))
     with pytest.raises(ValueError, match=r"reconstructs its input.*'transcoder'"):
         load_sae(transcoder)
+    with pytest.raises(ValueError, match=r"^reference: saelab's tools need"):
+        SAELensSAE(transcoder, name="reference")
     with pytest.raises(ValueError, match=r"sae: expected a SAELens SAE object"):
         SAELensSAE(TiedSAE(4, 8, seed=0))
     with pytest.raises(ValueError, match=r"x: expected a tensor whose last dimension is d_in = 8"):
