@@ -47,6 +47,27 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+def supports_float64(device: str | torch.device) -> bool:
+    """Whether tensors of dtype float64 can live on `device` (not on Apple's MPS)."""
+    return torch.device(device).type != "mps"
+
+
+def accumulation(device: str | torch.device) -> tuple[torch.dtype, torch.device]:
+    """(dtype of a batch's reductions on `device`, device of the float64 running sums).
+
+    float64 on the device itself where it has float64 (CPU, CUDA); on MPS, a batch is reduced in
+    float32 there and its partial sum added to float64 totals on the CPU:
+
+        dtype, home = accumulation(x.device)
+        total = torch.zeros((), dtype=torch.float64, device=home)
+        total += x.pow(2).sum(dtype=dtype).to(home, torch.float64)
+    """
+    device = torch.device(device)
+    if supports_float64(device):
+        return torch.float64, device
+    return torch.float32, torch.device("cpu")
+
+
 @contextlib.contextmanager
 def _quiet():
     """Silence TransformerLens' construction-time warnings and logging chatter, and transformers'

@@ -32,8 +32,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 REPO_FOLDER = "models--gpt2"
 MARKER = "saelab-gpt2-standin.json"  # beside hub/: says the folder is a complete stand-in cache
 ENV_VAR = "SAELAB_GPT2_STANDIN"
@@ -100,6 +98,7 @@ def write_tokenizer_files(snapshot: Path, source: str | None = None) -> None:
 
 def _weights(snapshot: Path) -> None:
     """Seeded random weights with GPT-2's initialisation (normal 0.02, LayerNorm 1/0), safetensors."""
+    import torch
     from safetensors.torch import save_file
     from transformers import GPT2Config, GPT2LMHeadModel
 

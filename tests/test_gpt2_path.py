@@ -7,19 +7,15 @@ cache entry that the session fixture `gpt2_hf_home` wrote. The model has GPT-2 s
 seeded random weights.
 """
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import gpt2_standin
 from saelab import TiedSAE, collect_activations
+from subprocess_run import ROOT, run_cli, run_python
 
 pytestmark = pytest.mark.gpt2
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_standin_cache_has_the_hub_layout(gpt2_hf_home):
@@ -86,24 +82,16 @@ def test_fallback_tokenizer_is_tiny_bpe_in_gpt2_format(tmp_path):
 
 
 def test_standin_script_reuses_a_written_cache_and_prints_the_env(gpt2_hf_home):
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "gpt2_standin.py"), str(gpt2_hf_home)],
-                            capture_output=True, text=True, timeout=120)
+    result = run_python([str(ROOT / "tests" / "gpt2_standin.py"), str(gpt2_hf_home)], timeout=120)
     assert result.returncode == 0, result.stderr
     assert f"HF_HOME={gpt2_hf_home}" in result.stdout and "HF_HUB_OFFLINE=1" in result.stdout
-
-
-def _offline_run(args, hf_home, timeout, **env):
-    environ = {**os.environ, **gpt2_standin.offline_env(hf_home), "SAELAB_PROGRESS": "0", **env}
-    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, env=environ)
 
 
 @pytest.mark.skip(reason="enabled by the lead after the run-size fix")
 def test_cli_run_on_gpt2_small_completes(gpt2_hf_home, tmp_path):
     out = tmp_path / "run"
-    result = _offline_run(["-m", "saelab.cli", "run", "--model", "gpt2-small", "--max-tokens", "2000",
-                           "--out", str(out)], gpt2_hf_home, timeout=600)
+    result = run_cli(["run", "--model", "gpt2-small", "--max-tokens", "2000", "--out", str(out)], timeout=600,
+                     **gpt2_standin.offline_env(gpt2_hf_home))
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "report.html").is_file()
 
@@ -112,6 +100,6 @@ def test_cli_run_on_gpt2_small_completes(gpt2_hf_home, tmp_path):
 @pytest.mark.parametrize("notebook", ["notebooks/lab_c4.ipynb", "solutions/lab_c4.ipynb"])
 def test_notebook_executes_on_gpt2_small(gpt2_hf_home, notebook):
     # The lead adds the documented reduced-size setting for tests to this run's environment.
-    result = _offline_run(["-m", "pytest", "-q", "-p", "no:cacheprovider", notebook], gpt2_hf_home,
-                          timeout=900, SAELAB_MODEL="gpt2-small")  # pyproject's addopts: --nbval-lax
+    result = run_python(["-m", "pytest", "-q", "-p", "no:cacheprovider", notebook], timeout=900,
+                        SAELAB_MODEL="gpt2-small", **gpt2_standin.offline_env(gpt2_hf_home))  # addopts: --nbval-lax
     assert result.returncode == 0, result.stdout[-3000:]
