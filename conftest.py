@@ -1,5 +1,8 @@
-"""Shared pytest fixtures: the embedded model on CPU and small slices of the shipped texts."""
+"""Shared pytest fixtures: the embedded model on CPU, small slices of the shipped texts, the GPT-2
+small stand-in (tests/gpt2_standin.py), and the `gpu` / `gpt2` markers."""
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("SAELAB_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -7,6 +10,23 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+TESTS_DIR = Path(__file__).resolve().parent / "tests"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs CUDA; skipped cleanly on a machine without it")
+    config.addinivalue_line("markers", "gpt2: runs on the GPT-2 small stand-in (12 layers, d_model 768: "
+                                       "tens of seconds on CPU); deselect with -m 'not gpt2'")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +49,31 @@ def test_texts():
     """The first 20 shipped held-out texts."""
     from saelab.data import load_texts
     return load_texts("test", max_texts=20)
+
+
+def _standin():
+    if str(TESTS_DIR) not in sys.path:
+        sys.path.insert(0, str(TESTS_DIR))
+    import gpt2_standin
+    return gpt2_standin
+
+
+@pytest.fixture(scope="session")
+def gpt2_hf_home(tmp_path_factory):
+    """An HF_HOME folder whose cache holds the GPT-2 small stand-in ("gpt2": 12 layers, d_model 768).
+
+    $SAELAB_GPT2_STANDIN names a folder to reuse (written there if it is not a stand-in yet), so
+    runs and subprocesses share one; else it is written once per session (~10 s, ~480 MB) in a
+    temporary folder. Subprocesses get it with `gpt2_standin.offline_env(gpt2_hf_home)`.
+    """
+    standin = _standin()
+    home = os.environ.get(standin.ENV_VAR, "").strip()
+    return standin.write_standin(home or tmp_path_factory.mktemp("gpt2-standin"))
+
+
+@pytest.fixture(scope="session")
+def gpt2_model(gpt2_hf_home):
+    """`saelab.load_model("gpt2-small")` on CPU, loaded offline from the stand-in (once per session)."""
+    from saelab.models import load_model
+    with _standin().use_standin(gpt2_hf_home):
+        return load_model("gpt2-small", device="cpu")

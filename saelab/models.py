@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from .utils import progress_enabled
+
 TINY_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
 TINY_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 DEFAULT_MODEL_ENV = "SAELAB_MODEL"
@@ -45,12 +47,40 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+def supports_float64(device: str | torch.device) -> bool:
+    """Whether tensors of dtype float64 can live on `device` (not on Apple's MPS)."""
+    return torch.device(device).type != "mps"
+
+
+def accumulation(device: str | torch.device) -> tuple[torch.dtype, torch.device]:
+    """(dtype of a batch's reductions on `device`, device of the float64 running sums).
+
+    float64 on the device itself where it has float64 (CPU, CUDA); on MPS, a batch is reduced in
+    float32 there and its partial sum added to float64 totals on the CPU:
+
+        dtype, home = accumulation(x.device)
+        total = torch.zeros((), dtype=torch.float64, device=home)
+        total += x.pow(2).sum(dtype=dtype).to(home, torch.float64)
+    """
+    device = torch.device(device)
+    if supports_float64(device):
+        return torch.float64, device
+    return torch.float32, torch.device("cpu")
+
+
 @contextlib.contextmanager
 def _quiet():
-    """Silence TransformerLens' construction-time DeprecationWarnings and logging chatter."""
+    """Silence TransformerLens' construction-time warnings and logging chatter, and transformers'
+    weight-loading bar when progress bars are off ($SAELAB_PROGRESS=0)."""
     import logging
+
+    from transformers.utils import logging as hf_logging
+
     level = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)
+    bars = hf_logging.is_progress_bar_enabled()
+    if not progress_enabled():
+        hf_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -59,6 +89,8 @@ def _quiet():
             yield
     finally:
         logging.getLogger().setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 @lru_cache(maxsize=1)
@@ -111,7 +143,8 @@ def load_model(name: str | None = None, device: str | torch.device | None = None
 
     name: "tiny" (default, or $SAELAB_MODEL): the embedded 4-layer GPT-2-architecture model, offline.
           Any other name goes to `HookedTransformer.from_pretrained` (e.g. "gpt2-small"), which
-          needs internet access or a filled Hugging Face cache.
+          needs internet access or a filled Hugging Face cache; without either it raises
+          ModelUnavailableError at once.
     device: None picks cuda, then mps, then cpu.
     """
     name = default_model_name() if name is None else name
@@ -127,22 +160,89 @@ def load_model(name: str | None = None, device: str | torch.device | None = None
     return model
 
 
+class ModelUnavailableError(RuntimeError):
+    """A pretrained model that is neither in the local Hugging Face cache nor downloadable now.
+
+    `model_name` is the name asked for; `offline_choice` ("tiny") the embedded model that always
+    loads, for callers (the CLI) that phrase the alternative in their own terms (`--model tiny`).
+    """
+
+    offline_choice = "tiny"
+
+    def __init__(self, model_name: str, reason: str):
+        self.model_name, self.reason = model_name, reason
+        super().__init__(f"could not load {model_name!r}: {reason}. The embedded model "
+                         f"{self.offline_choice!r} works offline; or connect to the internet once so that "
+                         f"{model_name!r} is downloaded into the Hugging Face cache.")
+
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hub_reachable(url: str | None = None, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face Hub answers one HTTP request within `timeout` seconds.
+
+    False at once, with no request, when offline mode is on ($HF_HUB_OFFLINE=1). url: default
+    $HF_ENDPOINT (huggingface.co); any HTTP status counts as reachable; the session (and so
+    proxies) is huggingface_hub's own.
+    """
+    from huggingface_hub import constants, get_session
+
+    if constants.is_offline_mode():
+        return False
+    try:
+        get_session().head(url or constants.ENDPOINT, timeout=timeout)
+    except Exception:  # httpx's connect/timeout errors, OfflineModeIsEnabled, ...: all mean "not now"
+        return False
+    return True
+
+
+def in_hf_cache(repo_id: str) -> bool:
+    """Whether `repo_id`'s config.json is in the local Hugging Face cache ($HF_HOME/hub)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """Hugging Face offline mode for the block when `offline` (no retries against an unreachable Hub)."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def _load_pretrained(name: str, device: torch.device):
+    """`HookedTransformer.from_pretrained(name)`; offline from the cache when the Hub is unreachable.
+
+    A model neither cached nor reachable raises ModelUnavailableError at once (one short probe,
+    none at all with $HF_HUB_OFFLINE=1) instead of after Hugging Face's network retries.
+    """
     from transformer_lens import HookedTransformer
     from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, get_official_model_name
 
     try:
-        get_official_model_name(name)
+        repo_id = get_official_model_name(name)
     except ValueError:
         raise ValueError(f"name: unknown model {name!r}; choose 'tiny' (embedded, offline) or a "
                          f"TransformerLens model such as {', '.join(EXAMPLE_ONLINE_MODELS)} "
                          f"({len(OFFICIAL_MODEL_NAMES)} known)") from None
+    cached = in_hf_cache(repo_id)
+    online = hub_reachable()
+    if not cached and not online:
+        raise ModelUnavailableError(name, "it is not in the local Hugging Face cache and the Hugging Face Hub "
+                                          "cannot be reached (offline)")
     try:
-        return HookedTransformer.from_pretrained(name, device=str(device))
+        with _hub_offline(not online):
+            return HookedTransformer.from_pretrained(name, device=str(device))
     except (OSError, ConnectionError) as e:
-        raise RuntimeError(f"could not load {name!r}: its weights are not in the local Hugging Face cache and "
-                           f"could not be downloaded ({type(e).__name__}). Use load_model('tiny') offline, "
-                           f"or connect to the internet once to cache {name!r}.") from None
+        raise ModelUnavailableError(name, f"its files could not be read from the cache or downloaded "
+                                          f"({type(e).__name__})") from None
 
 
 @torch.no_grad()

@@ -1,6 +1,8 @@
 """The embedded "tiny" model: offline loading, tokenizer, quality against its card, errors."""
 import os
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,16 +59,95 @@ def test_unknown_model_name_lists_choices():
         models.load_model("no-such-model")
 
 
-def test_unreachable_pretrained_model_names_tiny(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, offline mode off; `from_pretrained` replaced by a recorder."""
+    from huggingface_hub import constants
+    from transformer_lens import HookedTransformer
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    calls = []
+
+    def from_pretrained(name, **kwargs):
+        calls.append((name, constants.HF_HUB_OFFLINE))
+        return torch.nn.Linear(1, 1)
+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained", from_pretrained)
+    return calls
+
+
+def _cache_config(repo_id: str) -> None:
+    """A cache entry holding only `repo_id`'s config.json, as huggingface_hub lays it out."""
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+
+
+def test_offline_uncached_model_fails_at_once_without_a_request(empty_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as $HF_HUB_OFFLINE=1 does
+    monkeypatch.setattr("huggingface_hub.get_session", lambda: pytest.fail("a network request was attempted"))
+    start = time.perf_counter()
+    with pytest.raises(models.ModelUnavailableError, match=r"could not load 'gpt2-small'.*not in the local "
+                       r"Hugging Face cache.*The embedded model 'tiny' works offline") as info:
+        models.load_model("gpt2-small", device="cpu")
+    assert time.perf_counter() - start < 5
+    assert empty_hub == []
+    assert info.value.model_name == "gpt2-small" and info.value.offline_choice == "tiny"
+
+
+def test_unreachable_hub_and_uncached_model_fail_without_loading(empty_hub, monkeypatch):
+    monkeypatch.setattr(models, "hub_reachable", lambda: False)
+    with pytest.raises(models.ModelUnavailableError, match="cannot be reached"):
+        models.load_model("gpt2-small", device="cpu")
+    assert empty_hub == []
+
+
+def test_reachable_hub_downloads_as_usual(empty_hub, monkeypatch):
+    monkeypatch.setattr(models, "hub_reachable", lambda: True)
+    models.load_model("gpt2-small", device="cpu")
+    assert empty_hub == [("gpt2-small", False)]  # online: Hugging Face's own download path
+
+
+def test_cached_model_loads_offline_when_the_hub_is_unreachable(empty_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    _cache_config("gpt2")
+    assert models.in_hf_cache("gpt2") and not models.in_hf_cache("gpt2-medium")
+    monkeypatch.setattr(models, "hub_reachable", lambda: False)
+    models.load_model("gpt2-small", device="cpu")
+    assert empty_hub == [("gpt2-small", True)]  # offline mode during the load: no retries
+    assert constants.HF_HUB_OFFLINE is False  # and restored after it
+
+
+def test_failed_download_is_a_model_unavailable_error(empty_hub, monkeypatch):
     from transformer_lens import HookedTransformer
 
     def offline(*args, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
+    monkeypatch.setattr(models, "hub_reachable", lambda: True)
     monkeypatch.setattr(HookedTransformer, "from_pretrained", offline)
-    with pytest.raises(RuntimeError, match=r"could not load 'gpt2-small'.*load_model\('tiny'\)"):
+    with pytest.raises(models.ModelUnavailableError, match=r"could not load 'gpt2-small'.*(OSError).*'tiny'"):
         models.load_model("gpt2-small", device="cpu")
+
+
+def test_hub_probe_is_short_and_sends_nothing_offline(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    start = time.perf_counter()
+    assert models.hub_reachable("http://127.0.0.1:9", timeout=1) is False  # a closed local port
+    assert time.perf_counter() - start < 5
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.get_session", lambda: pytest.fail("a network request was attempted"))
+    assert models.hub_reachable() is False
 
 
 @pytest.mark.parametrize("device, message", [
