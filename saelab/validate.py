@@ -176,8 +176,8 @@ def check_hook(name: str, hook, model, layers: Sequence[int]) -> dict[int, str]:
         except Exception:  # get_act_name raises assorted errors for odd names
             full = None
         if full is None or full not in model.hook_dict or not full.startswith(f"blocks.{layer}."):
-            raise ValueError(f"{name}: expected a per-layer hook such as {available}, got {hook!r} "
-                             f"(unknown for layer {layer})")
+            raise ValueError(f"{name}: expected a hook name such as {available} (a per-layer hook of this "
+                             f"model), got {hook!r}, which is not a hook of layer {layer}")
         if full.endswith(NOT_PER_TOKEN):
             raise ValueError(f"{name}: expected a per-token hook such as {available}, got {hook!r} ({full}), which "
                              f"holds attention between positions")
