@@ -12,7 +12,8 @@ one formatter `fmt`, so committed notebook outputs do not change in the 4th digi
 seed runs on another CPU; the table itself keeps every digit.
 
 A result type subclasses `Result` and sets `table` (a dataclass field or a property) and
-`summary()`; a dataclass subclass uses `@dataclass(repr=False)` to keep this `__repr__`. A class
+`summary()` (and may override `shown_table()` to show the table differently from what it
+holds); a dataclass subclass uses `@dataclass(repr=False)` to keep this `__repr__`. A class
 attribute `caption` (a sentence shown under the table) explains units or conventions.
 """
 from __future__ import annotations
@@ -43,7 +44,12 @@ def fmt(value) -> str:
     return f"{value:.{DISPLAY_DIGITS - 1}e}"
 
 
-def display_table(table: pd.DataFrame) -> pd.DataFrame:
+def pct(fraction) -> str:
+    """A fraction as a displayed percentage: 0.12345 -> "12.3%"."""
+    return f"{fmt(100 * float(fraction))}%"
+
+
+def format_table(table: pd.DataFrame) -> pd.DataFrame:
     """A copy of `table` with every float cell formatted by `fmt` (for display only)."""
     shown = table.copy()
     for column in shown.columns:
@@ -68,15 +74,19 @@ class Result:
         """One line saying what the result shows (each result type overrides it)."""
         return type(self).__name__
 
+    def shown_table(self) -> pd.DataFrame:
+        """The table as displayed, before numbers are formatted (a subclass may drop or reword columns)."""
+        return self.table
+
     def table_text(self) -> str:
-        """The table as aligned text, numbers at DISPLAY_DIGITS significant digits."""
-        table = self.table
-        return display_table(table).to_string(index=False) if len(table) else ""
+        """The shown table as aligned text, numbers at DISPLAY_DIGITS significant digits."""
+        table = self.shown_table()
+        return format_table(table).to_string(index=False) if len(table) else ""
 
     def table_html(self) -> str:
-        """The table as an HTML fragment, numbers at DISPLAY_DIGITS significant digits."""
-        table = self.table
-        return display_table(table).to_html(index=False, border=0) if len(table) else ""
+        """The shown table as an HTML fragment, numbers at DISPLAY_DIGITS significant digits."""
+        table = self.shown_table()
+        return format_table(table).to_html(index=False, border=0) if len(table) else ""
 
     def __repr__(self) -> str:
         parts = [self.summary(), self.table_text(), self.caption]
