@@ -168,7 +168,8 @@ def check_hook(name: str, hook, model, layers: Sequence[int]) -> dict[int, str]:
 
     available = [h for h in KNOWN_HOOKS if get_act_name(h, 0) in model.hook_dict]
     if not isinstance(hook, str) or not hook:
-        raise ValueError(f"{name}: expected a hook name such as 'resid_post' (one of {available}), got {describe(hook)}")
+        raise ValueError(f"{name}: expected a hook name such as 'resid_post' (one of {available}), "
+                         f"got {describe(hook)}")
     names = {}
     for layer in layers:
         try:
