@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import unicodedata
@@ -100,22 +99,10 @@ def _escaped(char: str) -> str:
     return char
 
 
-def check_int(name: str, value, minimum: int | None = None, allow_none: bool = False) -> int | None:
-    """`value` as an int >= minimum, else ValueError naming `name`."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        need = f"an int >= {minimum}" if minimum is not None else "an int"
-        raise ValueError(f"{name}: expected {need}{' or None' if allow_none else ''}, got {describe(value)}")
-    return value
-
-
-def check_float(name: str, value, minimum: float | None = None, strict: bool = False) -> float:
-    """`value` as a finite float (>= minimum, or > minimum when strict), else ValueError naming `name`."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and minimum is not None:
-        ok = value > minimum if strict else value >= minimum
-    if not ok:
-        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum}"
-        raise ValueError(f"{name}: expected a finite number{bound}, got {describe(value)}")
-    return float(value)
+def __getattr__(name: str):
+    """`check_int` and `check_float` moved to `saelab.validate`; this forwards the old import path
+    (`from saelab.utils import check_int`) until every module imports them from there."""
+    if name in ("check_int", "check_float"):
+        from . import validate
+        return getattr(validate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
