@@ -136,8 +136,8 @@ class CELossResult(Result):
     n_tokens: int
 
     caption = ("CE in nats per predicted token, averaged over every next-token prediction including the one "
-               "made at the BOS position; BOS activations are left unchanged in the spliced and zeroed runs "
-               "(exclude_bos=True).")
+               "made at the BOS position; the BOS activation is left unchanged in the spliced and zeroed runs "
+               "unless exclude_bos=False (SAELens's run_evals differs in both).")
 
     def as_dict(self) -> dict:
         return asdict(self)
