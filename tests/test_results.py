@@ -59,9 +59,7 @@ def test_every_result_type_is_exported():
 def test_result_protocol(runs, name):
     result = runs[name]
     cls = getattr(saelab, name)
-    if not issubclass(cls, Result):
-        pytest.xfail(f"waiting for core-A2: {name} is not on the Result protocol yet")
-    assert isinstance(result, cls)
+    assert issubclass(cls, Result) and isinstance(result, cls)
     table = result.table
     assert isinstance(table, pd.DataFrame) and len(table) > 0 and len(table.columns) > 0
     summary = result.summary()
