@@ -38,6 +38,11 @@ def _shown_tokens(table: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
+def _top(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The indices of the k largest of values [n], largest first, equal values in index order."""
+    return torch.sort(values, descending=True, stable=True).indices[:k]
+
+
 def _feature_values(sae, x: torch.Tensor, feature: int) -> torch.Tensor:
     """One feature's activation on rows x [b, d_in] -> [b] (through the SAE interface's encode)."""
     weight = sae.W_dec
@@ -70,8 +75,8 @@ def _scan(sae, activations, feature: int, k: int, keep_values: bool = False,
         if keep_values:
             kept.append(values[active])
         values, rows = torch.cat([best_values, values]), torch.cat([best_rows, rows])
-        top = torch.topk(values, min(k, len(values)), sorted=True)
-        best_values, best_rows = top.values, rows[top.indices]
+        top = _top(values, k)  # equal values sit in row order in this concatenation, so ties keep it
+        best_values, best_rows = values[top], rows[top]
     positive = best_values > 0
     return _Scan(values=best_values[positive], rows=best_rows[positive], n_active=n_active, n_tokens=start,
                  active_values=torch.cat(kept) if keep_values and kept else None)
@@ -272,8 +277,8 @@ def feature_logit_effects(model, sae, feature: int, k: int = 10) -> LogitEffects
         direction = direction * model.ln_final.w
     effects = (direction @ model.W_U).float().cpu()      # [d_vocab]
     records, tokenizer = [], getattr(model, "tokenizer", None)
-    for kind, top in (("promotes", torch.topk(effects, k)), ("suppresses", torch.topk(-effects, k))):
-        for rank, token_id in enumerate(top.indices.tolist(), 1):
+    for kind, top in (("promotes", _top(effects, k)), ("suppresses", _top(-effects, k))):
+        for rank, token_id in enumerate(top.tolist(), 1):
             records.append((kind, rank, token_id, token_text(tokenizer, token_id), float(effects[token_id])))
     return LogitEffects(feature=feature, table=pd.DataFrame(records, columns=list(EFFECT_COLUMNS)),
                         scaled_by_ln=scaled)

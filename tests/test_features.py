@@ -214,3 +214,22 @@ def test_activations_name_byte_tokens_like_the_logit_lists(model):
     if "\ufffd" in "".join(shown):
         pytest.xfail("waiting for core-A2: Activations should decode tokens with saelab.utils.token_text")
     assert shown[3:6] == ["<0xE2>", "<0x98>", "<0x83>"]
+
+
+def test_ties_are_broken_by_id(model):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    sae = TiedSAE(8, 16, seed=0)
+    rows = torch.randn(1, 8).repeat(12, 1)  # twelve equal rows: every activation ties
+    feature = int(sae.encode(rows[:1])[0].argmax())
+    assert top_activating_examples(sae, rows, feature, k=5).table["row"].tolist() == [0, 1, 2, 3, 4]
+    cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, n_heads=2, d_mlp=16, d_vocab=20,
+                                  act_fn="relu", normalization_type="LNPre", seed=0)
+    tied_model = HookedTransformer(cfg)
+    with torch.no_grad():
+        tied_model.W_U[:, 10:] = tied_model.W_U[:, :1]  # tokens 0 and 10..19 get equal effects
+    table = feature_logit_effects(tied_model, sae, 3, k=20).table
+    for kind in ("promotes", "suppresses"):
+        ids = table[table["kind"] == kind]["token_id"].tolist()
+        group = [i for i in ids if i == 0 or i >= 10]
+        assert group == sorted(group) and len(group) == 11
