@@ -198,9 +198,6 @@ def width_of(activations) -> int:
     return activations.width if isinstance(activations, Activations) else activations.shape[1]
 
 
-d_model_of = width_of  # the old name, kept until every caller says width_of
-
-
 def find_nonfinite_row(activations, batch_size: int = 65536) -> int | None:
     """The first row holding NaN or inf, or None when every row is finite; read in batches of
     `batch_size` rows (bounded memory for rows on disk)."""

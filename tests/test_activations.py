@@ -103,4 +103,3 @@ def test_old_names_still_answer(acts):
 
     assert acts.d_model == acts.width == 128
     assert activations_module.collect_activations is collect_activations
-    assert activations_module.d_model_of is width_of

@@ -27,10 +27,6 @@ NOTEBOOK_LR = 1e-3
 NOTEBOOK_BATCH_SIZE = 64
 NOTEBOOK_FEATURES_PER_DIM = 4  # n_features = 4 * d_model
 
-# Transitional names for modules not yet on saelab.results / saelab.validate (correlation, features).
-TableReport = Result
-check_activations_rows = check_rows
-
 
 @dataclass(repr=False)
 class SweepResult(Result):
