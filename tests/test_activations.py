@@ -5,25 +5,7 @@ import torch
 from saelab.activations import (Activations, as_rows, find_nonfinite_row, gather_rows, iter_row_batches, n_rows,
                                 width_of)
 from saelab.collect import collect_activations
-from saelab.data import SEED_PROMPTS
-
-CTX = 24  # short contexts keep the tests fast
-
-
-@pytest.fixture(scope="module")
-def mixed_texts(train_texts):
-    """Texts of very different lengths (short prompts and long shipped texts cut to CTX)."""
-    return list(SEED_PROMPTS) + train_texts[:3] + ["x = 1"]
-
-
-@pytest.fixture(scope="module")
-def acts(model, mixed_texts):
-    """Layers 0 and 2 of `mixed_texts`, in memory, batches of 3 (so lengths mix inside batches)."""
-    return collect_activations(model, mixed_texts, [0, 2], batch_size=3, context_length=CTX, progress=False)
-
-
-def _tokens(model, text):
-    return model.to_tokens(text)[0][:CTX]
+from test_collect import _tokens, acts, mixed_texts  # noqa: F401  (the same fixtures; tests/ is on sys.path)
 
 
 def test_context_and_str_token(model, mixed_texts, acts):
