@@ -309,12 +309,18 @@ def train_stacked(saes: list[TiedSAE], sources: list, coefs, config: TrainConfig
     histories = _histories(records)
     if first_loss:
         _warn_if_diverging(histories, first_loss, stack.coefs, config.lr)
-    for sae, source, coef in zip(saes, sources, stack.coefs):
+    _record_settings(saes, sources, stack.coefs, config, trainer, n, done if interrupted else None)
+    return StackedTraining(histories, seconds, n_tokens, done, total, interrupted)
+
+
+def _record_settings(saes, sources, coefs, config: TrainConfig, trainer: str, n: int, interrupted_at) -> None:
+    """Each SAE's metadata: who trained it, its coefficient, the config, where its rows came from, and
+    `interrupted_at_step` when Ctrl-C stopped it (removed when a later run finishes)."""
+    for sae, source, coef in zip(saes, sources, coefs):
         sae.metadata.update(trainer=trainer, sparsity_coef=coef, **config.metadata(n), **source_metadata(source))
         sae.metadata.pop("interrupted_at_step", None)
-        if interrupted:
-            sae.metadata["interrupted_at_step"] = done
-    return StackedTraining(histories, seconds, n_tokens, done, total, interrupted)
+        if interrupted_at is not None:
+            sae.metadata["interrupted_at_step"] = interrupted_at
 
 
 def _histories(records) -> list[pd.DataFrame]:
