@@ -18,12 +18,12 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
 
 import pandas as pd
 import torch
 
 from .activations import Activations, find_nonfinite_row, gather_rows, n_rows
+from .batches import batch_indices, n_steps
 from .metrics import EvalResult, evaluate
 from .models import resolve_device
 from .results import Result, fmt
@@ -31,44 +31,12 @@ from .sae import TiedSAE, tied_gradients
 from .utils import describe, progress_bar
 from .validate import check_bool, check_float, check_int, check_rows
 
+__all__ = ["TrainConfig", "TrainResult", "StackedTraining", "train_sae", "train_stacked", "adam", "source_metadata",
+           "batch_indices", "n_steps", "HISTORY_COLUMNS", "DIVERGENCE_FACTOR"]
+
 HISTORY_COLUMNS = ("step", "loss", "recon", "sparsity", "l0")
 #: `train_stacked` warns when a logged loss exceeds this many times the loss of the first step.
 DIVERGENCE_FACTOR = 100.0
-
-
-def batch_indices(n_rows: int, batch_size: int, seed: int, epochs: int = 1,
-                  steps: int | None = None) -> Iterator[torch.Tensor]:
-    """The shuffled mini-batch order: row indices [<= batch_size] int64, one tensor per step.
-
-    Each epoch is a fresh permutation of range(n_rows) from a torch.Generator seeded with `seed`, cut
-    into batches of `batch_size` (the last one may be smaller, like the seed's DataLoader). With
-    `steps`, exactly that many batches are yielded, running through as many epochs as needed (`epochs`
-    is then ignored). Same arguments, same batches.
-    """
-    check_int("n_rows", n_rows, minimum=1)
-    check_int("batch_size", batch_size, minimum=1)
-    check_int("seed", seed, minimum=0)
-    check_int("epochs", epochs, minimum=1)
-    check_int("steps", steps, minimum=1, allow_none=True)
-    return _batch_indices(n_rows, batch_size, seed, epochs, steps)
-
-
-def _batch_indices(n_rows, batch_size, seed, epochs, steps):
-    generator = torch.Generator().manual_seed(seed)
-    made, epoch = 0, 0
-    while (epoch < epochs) if steps is None else (made < steps):
-        order = torch.randperm(n_rows, generator=generator)
-        for batch in order.split(batch_size):
-            if steps is not None and made == steps:
-                return
-            made += 1
-            yield batch
-        epoch += 1
-
-
-def n_steps(n_rows: int, batch_size: int, epochs: int = 1, steps: int | None = None) -> int:
-    """How many batches `batch_indices` yields for these arguments."""
-    return steps if steps is not None else epochs * math.ceil(n_rows / batch_size)
 
 
 @dataclass(frozen=True)
@@ -90,13 +58,15 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self):
-        object.__setattr__(self, "lr", check_float("lr", self.lr, minimum=0.0, strict=True))
-        check_int("batch_size", self.batch_size, minimum=1)
-        check_int("epochs", self.epochs, minimum=1)
-        check_int("steps", self.steps, minimum=1, allow_none=True)
-        check_int("seed", self.seed, minimum=0)
-        check_bool("progress", self.progress)
-        check_int("log_every", self.log_every, minimum=1)
+        checked = {"lr": check_float("lr", self.lr, minimum=0.0, strict=True),   # plain Python numbers (JSON-able)
+                   "batch_size": check_int("batch_size", self.batch_size, minimum=1),
+                   "epochs": check_int("epochs", self.epochs, minimum=1),
+                   "steps": check_int("steps", self.steps, minimum=1, allow_none=True),
+                   "seed": check_int("seed", self.seed, minimum=0),
+                   "progress": check_bool("progress", self.progress),
+                   "log_every": check_int("log_every", self.log_every, minimum=1)}
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
         resolve_device(self.device)  # validates
 
     @classmethod

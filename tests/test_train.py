@@ -239,6 +239,9 @@ def test_config_and_keywords_give_the_same_run_and_bad_fields_are_named():
         train_sae(TiedSAE(D, N), _data(), config={"lr": 1e-3})
     with pytest.raises(dataclasses_frozen_error()):
         config.lr = 1.0
+    import numpy as np
+    numpy_config = TrainConfig(lr=np.float64(1e-3), batch_size=np.int64(32), steps=np.int32(30))
+    assert type(numpy_config.batch_size) is int and type(numpy_config.lr) is float and numpy_config.steps == 30
 
 
 def warnings_as_errors():
