@@ -45,18 +45,13 @@ def run_saelab(rows: torch.Tensor, batch_size: int, steps: int, seed: int) -> fl
     return result.tokens_per_second
 
 
-def run_autograd(rows: torch.Tensor, batch_size: int, steps: int, seed: int) -> float:
-    """tokens/s of the same tied SAE (TiedSAE's initial weights) in a plain autograd loop, same optimizer."""
-    init = TiedSAE(D_IN, D_SAE, seed=seed)
-    W, b_enc, b_dec = (p.detach().clone().requires_grad_() for p in
-                       (init.encoder.weight, init.encoder.bias, init.decoder_bias))
-    optimizer = adam([W, b_enc, b_dec], LR)
+def autograd_loop(loss_of, params, rows: torch.Tensor, batch_size: int, steps: int, seed: int) -> float:
+    """tokens/s of a plain loop: loss_of(x) -> backward -> the same optimizer's step (sync every LOG_EVERY)."""
+    optimizer = adam(params, LR)
     n_tokens = 0
     start = time.perf_counter()
     for step, index in enumerate(batch_indices(len(rows), batch_size, seed, steps=steps), 1):
-        x = rows.index_select(0, index)
-        features = torch.relu(x @ W.T + b_enc)
-        loss = torch.nn.functional.mse_loss(features @ W + b_dec, x) + COEF * features.mean()
+        loss = loss_of(rows.index_select(0, index))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -64,24 +59,25 @@ def run_autograd(rows: torch.Tensor, batch_size: int, steps: int, seed: int) -> 
         if step % LOG_EVERY == 0 or step == steps:
             loss.item()
     return n_tokens / (time.perf_counter() - start)
+
+
+def run_autograd(rows: torch.Tensor, batch_size: int, steps: int, seed: int) -> float:
+    """tokens/s of the same tied SAE (TiedSAE's initial weights) written in plain PyTorch, autograd's gradient."""
+    init = TiedSAE(D_IN, D_SAE, seed=seed)
+    W, b_enc, b_dec = (p.detach().clone().requires_grad_() for p in
+                       (init.encoder.weight, init.encoder.bias, init.decoder_bias))
+
+    def loss_of(x):
+        features = torch.relu(x @ W.T + b_enc)
+        return torch.nn.functional.mse_loss(features @ W + b_dec, x) + COEF * features.mean()
+    return autograd_loop(loss_of, [W, b_enc, b_dec], rows, batch_size, steps, seed)
 
 
 def run_function(rows: torch.Tensor, batch_size: int, steps: int, seed: int) -> float:
     """tokens/s of the previous train_sae step: TiedSAE's loss as a torch.autograd.Function (sae.py's
     _TiedLoss, whose backward is tied_gradients with k = 1) under autograd, same optimizer."""
     sae = TiedSAE(D_IN, D_SAE, seed=seed)
-    optimizer = adam(sae.parameters(), LR)
-    n_tokens = 0
-    start = time.perf_counter()
-    for step, index in enumerate(batch_indices(len(rows), batch_size, seed, steps=steps), 1):
-        loss, recon, sparsity, _ = sae._loss_terms(rows.index_select(0, index), COEF)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        n_tokens += len(index)
-        if step % LOG_EVERY == 0 or step == steps:
-            loss.item()
-    return n_tokens / (time.perf_counter() - start)
+    return autograd_loop(lambda x: sae._loss_terms(x, COEF)[0], sae.parameters(), rows, batch_size, steps, seed)
 
 
 def make_saelens_sae():
