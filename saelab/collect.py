@@ -23,7 +23,12 @@ from saelab.rowstore import ROW_BYTES, DiskStore, MemoryStore, TempDir
 from saelab.utils import describe, progress_bar
 from saelab.validate import check_bool, check_hook, check_int, check_layers, check_model, check_texts
 
-__all__ = ["collect_activations"]
+__all__ = ["collect_activations", "TruncationWarning"]
+
+
+class TruncationWarning(UserWarning):
+    """Texts longer than the model's context were cut (filter it where long texts are expected:
+    `warnings.filterwarnings("ignore", category=saelab.collect.TruncationWarning)`)."""
 
 
 def _prepends_bos(model) -> bool:
@@ -43,7 +48,7 @@ def _tokenize(model, texts: list[str], context_length: int, warn: bool) -> list[
     if cut and warn:
         warnings.warn(f"collect_activations: {cut} of {len(texts)} texts are longer than the model's context "
                       f"({context_length} tokens) and were truncated to it (their later tokens give no rows)",
-                      UserWarning, stacklevel=3)
+                      TruncationWarning, stacklevel=3)
     return tokens
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from saelab.activations import gather_rows, iter_row_batches
-from saelab.collect import collect_activations
+from saelab.collect import TruncationWarning, collect_activations
 from saelab.data import SEED_PROMPTS
 
 CTX = 24  # short contexts keep the tests fast
@@ -112,7 +112,8 @@ def test_texts_are_truncated_to_context_length(model, train_texts):
     assert len(short) == 39 and short.position.max() == 39
     n_long = sum(len(model.to_tokens(t, truncate=False)[0]) > model.cfg.n_ctx for t in train_texts[:6])
     assert 0 < n_long < 6
-    with pytest.warns(UserWarning, match=rf"{n_long + 1} of 7 texts are longer than the model's context \(256 tokens\)"):
+    message = rf"{n_long + 1} of 7 texts are longer than the model's context \(256 tokens\)"
+    with pytest.warns(TruncationWarning, match=message):
         full = collect_activations(model, [long_text] + train_texts[:6], 0, max_tokens=300, progress=False)
     assert int((full.text_index == 0).sum()) == model.cfg.n_ctx - 1
 
