@@ -8,6 +8,11 @@ each variant once more in a fresh subprocess, whose peak RSS (VmHWM, reset throu
 
     python benchmarks/bench_collection.py                 # seed prompts x 10, layer 6
     python benchmarks/bench_collection.py --repeats 5 --threads 2
+    python benchmarks/bench_collection.py --distinct      # every prompt distinct (no de-duplication)
+
+`--distinct` numbers each of the 50 prompts (" (1)", " (2)", ...), so no two texts are equal and
+`collect_activations` cannot run a repeated text once: the batched, hook-filtered, `stop_at_layer`
+pass alone against the seed loop on the same 50 texts. `--pairs none` skips the layer pairs.
 """
 from __future__ import annotations
 
@@ -59,13 +64,14 @@ def seed_loop(model, prompts, layer):
 def prompts_for(args):
     from saelab.data import SEED_PROMPTS, load_texts
     if args.texts == "seed":
-        return list(SEED_PROMPTS) * 10
+        prompts = list(SEED_PROMPTS) * 10
+        return [f"{p} ({i + 1})" for i, p in enumerate(prompts)] if args.distinct else prompts
     return load_texts("train", max_texts=args.n_texts)
 
 
 def variant_fn(name: str, model, prompts, context_length):
     """A zero-argument function running variant `name`: 'seed:L', 'collect:L,L:BS' or 'separate:L,L:BS'."""
-    from saelab.activations import collect_activations
+    from saelab.collect import collect_activations
 
     kind, *rest = name.split(":")
     if kind == "seed":
@@ -101,7 +107,7 @@ def worker(args) -> None:
 
 def measure(name: str, args) -> dict:
     cmd = [sys.executable, HERE, "--worker", name, "--repeats", "1", "--threads", str(args.threads),
-           "--texts", args.texts, "--n-texts", str(args.n_texts)]
+           "--texts", args.texts, "--n-texts", str(args.n_texts)] + (["--distinct"] if args.distinct else [])
     if args.context_length:
         cmd += ["--context-length", str(args.context_length)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -110,7 +116,7 @@ def measure(name: str, args) -> dict:
 
 def check_same_rows(args) -> tuple[int, float]:
     """The seed loop's non-BOS rows vs collect_activations' rows: (n_rows, max abs difference)."""
-    from saelab.activations import collect_activations
+    from saelab.collect import collect_activations
     torch.set_num_threads(args.threads)
     model = gpt2_small_shaped()
     prompts = prompts_for(args)
@@ -131,20 +137,22 @@ def main() -> None:
     parser.add_argument("--texts", choices=("seed", "shipped"), default="seed")
     parser.add_argument("--n-texts", type=int, default=64, help="with --texts shipped")
     parser.add_argument("--context-length", type=int, default=None)
+    parser.add_argument("--distinct", action="store_true", help="number the seed prompts so that none repeats")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
 
     n, diff = check_same_rows(args) if args.texts == "seed" else (None, None)
-    what = "seed prompts x 10" if args.texts == "seed" else f"{args.n_texts} shipped texts"
+    what = (f"seed prompts x 10{' numbered (all distinct)' if args.distinct else ''}" if args.texts == "seed"
+            else f"{args.n_texts} shipped texts")
     print(f"GPT-2-small-shaped model (random weights), {what}, layer {args.layer}, "
           f"{args.threads} threads, best of {args.repeats}\n")
     if n is not None:
         print(f"Same rows: {n} non-BOS rows, max |seed - collect| = {diff:.2e}\n")
 
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    pairs = args.pairs.split(";")
+    pairs = [] if args.pairs == "none" else args.pairs.split(";")
     names = ([f"seed:{args.layer}"] + [f"collect:{args.layer}:{bs}" for bs in batch_sizes]
              + [f"{kind}:{pair}:16" for pair in pairs for kind in ("collect", "separate")])
     seconds = interleaved_times(names, args)
@@ -159,8 +167,9 @@ def main() -> None:
         print(f"| collect_activations batch_size={bs} | {seconds[name]:.3f} | {seconds[seed] / seconds[name]:.1f}x "
               f"| {rss[name]:.0f} |")
 
-    print("\n| layers | one pass (s) | two single-layer passes (s) | speedup |")
-    print("|---|---:|---:|---:|")
+    if pairs:
+        print("\n| layers | one pass (s) | two single-layer passes (s) | speedup |")
+        print("|---|---:|---:|---:|")
     for pair in pairs:
         one, two = seconds[f"collect:{pair}:16"], seconds[f"separate:{pair}:16"]
         print(f"| {pair} | {one:.3f} | {two:.3f} | {two / one:.2f}x |")
@@ -181,6 +190,7 @@ def interleaved_times(names, args) -> dict:
             run()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
+
 
 if __name__ == "__main__":
     main()

@@ -83,7 +83,7 @@ class Phase:
 
 
 def worker(args) -> None:
-    from saelab.activations import collect_activations
+    from saelab.collect import collect_activations
     torch.set_num_threads(args.threads)
     report = {}
     model = build_model(args)

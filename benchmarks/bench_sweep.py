@@ -2,8 +2,8 @@
 
 Both sides train the seed's three coefficients from the same init (`TiedSAE(d, 4d, seed=0)`) on the
 same batches (`batch_indices`) and end with the same evaluation on the training rows, so the weights
-must agree to float precision and only the time differs. Variants alternate within each repeat (so
-a busy machine slows both alike); the table shows the median over repeats.
+must agree to float precision and only the time differs. The two variants alternate which runs first
+every repeat (so a busy machine slows both alike); the table shows the median over repeats.
 
     python benchmarks/bench_sweep.py                           # tiny-model rows (d 128) and random d 768
     python benchmarks/bench_sweep.py --steps 300 --repeats 5 --threads 2
@@ -25,7 +25,7 @@ COEFS = (1e-2, 1e-3, 1e-4)
 def tiny_rows(n_rows: int):
     """Layer-2 resid_post rows of the embedded model on the shipped training texts."""
     import saelab
-    from saelab.activations import collect_activations
+    from saelab.collect import collect_activations
 
     model = saelab.load_model("tiny", device="cpu")
     texts = saelab.load_texts("train")
@@ -81,11 +81,14 @@ def main():
             (random_rows(args.rows, d_model), "random")
         sequential(rows, d_model, 2), stacked(rows, 2)  # warm-up
         seq_total, seq_loop, st_total, st_loop, diff = [], [], [], [], 0.0
-        for _ in range(args.repeats):
-            t, loop, seq_saes = sequential(rows, d_model, args.steps)
-            seq_total.append(t), seq_loop.append(loop)
-            t, loop, st_saes = stacked(rows, args.steps)
-            st_total.append(t), st_loop.append(loop)
+        for rep in range(args.repeats):
+            for variant in (("sequential", "stacked") if rep % 2 == 0 else ("stacked", "sequential")):
+                if variant == "sequential":  # the order alternates every repeat
+                    t, loop, seq_saes = sequential(rows, d_model, args.steps)
+                    seq_total.append(t), seq_loop.append(loop)
+                else:
+                    t, loop, st_saes = stacked(rows, args.steps)
+                    st_total.append(t), st_loop.append(loop)
             diff = max(diff, max_weight_difference(seq_saes, st_saes))
         a, b = statistics.median(seq_total), statistics.median(st_total)
         la, lb = statistics.median(seq_loop), statistics.median(st_loop)

@@ -1,14 +1,21 @@
-"""Training throughput: saelab.train_sae vs a minimal SAELens StandardTrainingSAE Adam loop.
+"""Training throughput: saelab.train_sae vs plain PyTorch autograd vs a minimal SAELens loop.
 
-Both train on the same random activations [n_rows, 768] with d_sae 3072, read in the same shuffled
-batches (saelab.train.batch_indices), and sync with the host every 10 steps (train_sae's default
-log_every). The SAELens loop is the core of its SAETrainer._train_step without the extras:
-training_forward_pass -> loss.backward() -> Adam.step() -> zero_grad(). The roofline is the time of
-the five matmuls one step needs and nothing else (encoder and decoder forward, and the three
-backward matmuls: grad of the features, grad of the decoder weight, grad of the encoder weight).
+All train on the same random activations [n_rows, 768] with d_sae 3072, read in the same shuffled
+batches (saelab.train.batch_indices), with the same optimizer (`saelab.train.adam`: Adam, fused
+where torch has it), and sync with the host every 10 steps (train_sae's default log_every).
+- autograd: the SAME tied SAE and loss written as plain PyTorch (relu(x W^T + b_enc) W + b_dec,
+  MSE + coef * mean f) and differentiated by autograd: like with like, so the ratio saelab /
+  autograd is what the hand-written gradient (`saelab.sae.tied_gradients`) buys.
+- Function: the previous train_sae step (TiedSAE's autograd.Function, the same hand-written
+  gradient under autograd's bookkeeping): what the one stacked core (no autograd) costs or saves.
+- SAELens: the core of its SAETrainer._train_step (training_forward_pass -> backward -> step ->
+  zero_grad) on its untied StandardTrainingSAE (one more weight matrix: not like with like).
+The roofline is the time of the five matmuls one step needs and nothing else (encoder and decoder
+forward, and the three backward matmuls: grad of the features, of the decoder use and of the
+encoder use of W).
 
-The three are run interleaved, `--repeats` times each; the table gives medians and the ratios per
-repeat (side by side, so a shared or busy CPU affects both sides alike).
+The variants run interleaved, `--repeats` times each, the order rotating every repeat; the table
+gives medians and the ratios per repeat (side by side, so a busy CPU affects all alike).
 
     python benchmarks/bench_training.py                       # both batch sizes
     python benchmarks/bench_training.py --batch-sizes 64 --steps 300 --repeats 3
@@ -26,7 +33,7 @@ os.environ.setdefault("SAELAB_PROGRESS", "0")
 import torch  # noqa: E402
 
 from saelab.sae import TiedSAE  # noqa: E402
-from saelab.train import batch_indices, train_sae  # noqa: E402
+from saelab.train import adam, batch_indices, train_sae  # noqa: E402
 
 D_IN, D_SAE, COEF, LR, LOG_EVERY = 768, 3072, 1e-3, 1e-3, 10
 
@@ -36,6 +43,41 @@ def run_saelab(rows: torch.Tensor, batch_size: int, steps: int, seed: int) -> fl
     result = train_sae(TiedSAE(D_IN, D_SAE, seed=seed), rows, sparsity_coef=COEF, lr=LR, batch_size=batch_size,
                        steps=steps, seed=seed, device="cpu", progress=False, log_every=LOG_EVERY)
     return result.tokens_per_second
+
+
+def autograd_loop(loss_of, params, rows: torch.Tensor, batch_size: int, steps: int, seed: int) -> float:
+    """tokens/s of a plain loop: loss_of(x) -> backward -> the same optimizer's step (sync every LOG_EVERY)."""
+    optimizer = adam(params, LR)
+    n_tokens = 0
+    start = time.perf_counter()
+    for step, index in enumerate(batch_indices(len(rows), batch_size, seed, steps=steps), 1):
+        loss = loss_of(rows.index_select(0, index))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n_tokens += len(index)
+        if step % LOG_EVERY == 0 or step == steps:
+            loss.item()
+    return n_tokens / (time.perf_counter() - start)
+
+
+def run_autograd(rows: torch.Tensor, batch_size: int, steps: int, seed: int) -> float:
+    """tokens/s of the same tied SAE (TiedSAE's initial weights) written in plain PyTorch, autograd's gradient."""
+    init = TiedSAE(D_IN, D_SAE, seed=seed)
+    W, b_enc, b_dec = (p.detach().clone().requires_grad_() for p in
+                       (init.encoder.weight, init.encoder.bias, init.decoder_bias))
+
+    def loss_of(x):
+        features = torch.relu(x @ W.T + b_enc)
+        return torch.nn.functional.mse_loss(features @ W + b_dec, x) + COEF * features.mean()
+    return autograd_loop(loss_of, [W, b_enc, b_dec], rows, batch_size, steps, seed)
+
+
+def run_function(rows: torch.Tensor, batch_size: int, steps: int, seed: int) -> float:
+    """tokens/s of the previous train_sae step: TiedSAE's loss as a torch.autograd.Function (sae.py's
+    _TiedLoss, whose backward is tied_gradients with k = 1) under autograd, same optimizer."""
+    sae = TiedSAE(D_IN, D_SAE, seed=seed)
+    return autograd_loop(lambda x: sae._loss_terms(x, COEF)[0], sae.parameters(), rows, batch_size, steps, seed)
 
 
 def make_saelens_sae():
@@ -52,7 +94,7 @@ def run_saelens(rows: torch.Tensor, batch_size: int, steps: int, seed: int) -> f
 
     torch.manual_seed(seed)
     sae = make_saelens_sae()
-    optimizer = torch.optim.Adam(sae.parameters(), lr=LR)
+    optimizer = adam(sae.parameters(), LR)
     n_tokens = 0
     start = time.perf_counter()
     for step, index in enumerate(batch_indices(len(rows), batch_size, seed, steps=steps), 1):
@@ -89,14 +131,16 @@ def bench(batch_size: int, steps: int, repeats: int, n_rows: int) -> dict:
     rows = torch.randn(n_rows, D_IN, generator=torch.Generator().manual_seed(0))
     warm = 1
     run_saelab(rows, batch_size, warm, 0)  # warm-up: allocator, thread pool, lazy imports
+    run_autograd(rows, batch_size, warm, 0)
     run_saelens(rows, batch_size, warm, 0)
-    results = {"saelab": [], "saelens": [], "roofline": []}
+    results = {"saelab": [], "function": [], "autograd": [], "saelens": [], "roofline": []}
     for rep in range(repeats):
         order = [("saelab", lambda: run_saelab(rows, batch_size, steps, rep)),
+                 ("function", lambda: run_function(rows, batch_size, steps, rep)),
+                 ("autograd", lambda: run_autograd(rows, batch_size, steps, rep)),
                  ("saelens", lambda: run_saelens(rows, batch_size, steps, rep)),
                  ("roofline", lambda: run_roofline(batch_size, steps, rep))]
-        if rep % 2:  # alternate who goes first
-            order = order[1::-1] + order[2:]
+        order = order[rep % len(order):] + order[:rep % len(order)]  # rotate who goes first
         for name, fn in order:
             results[name].append(fn())
             print(f"  batch {batch_size} repeat {rep + 1}/{repeats}: {name:8s} {results[name][-1]:12,.0f} tokens/s",
@@ -122,19 +166,17 @@ def main() -> None:
     table = []
     for batch_size, n_steps in zip(args.batch_sizes, steps):
         r = bench(batch_size, n_steps, args.repeats, n_rows=max(2 * batch_size, 8192))
-        vs_saelens = [a / b for a, b in zip(r["saelab"], r["saelens"])]
-        vs_roof = [a / b for a, b in zip(r["saelab"], r["roofline"])]
-        lens_roof = [a / b for a, b in zip(r["saelens"], r["roofline"])]
-        table.append((batch_size, n_steps, statistics.median(r["saelab"]), statistics.median(r["saelens"]),
-                      statistics.median(r["roofline"]), statistics.median(vs_saelens), min(vs_saelens),
-                      max(vs_saelens), statistics.median(vs_roof), statistics.median(lens_roof)))
+        ratios = {other: [a / b for a, b in zip(r["saelab"], r[other])]
+                  for other in ("function", "autograd", "saelens", "roofline")}
+        table.append((batch_size, n_steps, {k: statistics.median(v) for k, v in r.items()}, ratios))
     print(f"\n{args.repeats} interleaved repeats; medians (ratio range over repeats in brackets)\n")
-    print("| batch | steps/run | saelab tok/s | SAELens tok/s | matmul roofline tok/s | saelab / SAELens "
-          "| saelab / roofline | SAELens / roofline |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for b, s, ours, lens, roof, ratio, lo, hi, ours_roof, lens_roof in table:
-        print(f"| {b} | {s} | {ours:,.0f} | {lens:,.0f} | {roof:,.0f} | {ratio:.2f}x [{lo:.2f}-{hi:.2f}] "
-              f"| {ours_roof:.2f} | {lens_roof:.2f} |")
+    print("| batch | steps/run | saelab tok/s | Function tok/s | autograd tok/s | SAELens tok/s | roofline tok/s "
+          "| saelab / Function | saelab / autograd | saelab / SAELens | saelab / roofline |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for b, s, med, ratios in table:
+        cells = " | ".join(f"{statistics.median(v):.2f}x [{min(v):.2f}-{max(v):.2f}]" for v in ratios.values())
+        print(f"| {b} | {s} | {med['saelab']:,.0f} | {med['function']:,.0f} | {med['autograd']:,.0f} | {med['saelens']:,.0f} "
+              f"| {med['roofline']:,.0f} | {cells} |")
 
 
 if __name__ == "__main__":

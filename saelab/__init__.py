@@ -11,14 +11,22 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "load_model": "models", "resolve_device": "models", "default_model_name": "models",
-    "load_texts": "data", "load_documents": "data", "SEED_PROMPTS": "data", "TEST_PROMPTS": "data",
-    "TiedSAE": "sae",
-    "collect_activations": "activations", "Activations": "activations",
-    "evaluate": "metrics", "ce_loss_recovered": "metrics",
-    "train_sae": "train", "TrainResult": "train",
+    "load_texts": "data", "load_documents": "data", "NOTEBOOK_PROMPTS": "data", "TEST_PROMPTS": "data",
+    "SEED_PROMPTS": "data",  # the old name of NOTEBOOK_PROMPTS, until the lab source switches
+    "TiedSAE": "sae", "as_sae": "sae_interface",
+    "collect_activations": "collect", "Activations": "activations",
+    "Result": "results",
+    "evaluate": "metrics", "ce_loss_recovered": "metrics", "EvalResult": "metrics", "CELossResult": "metrics",
+    "train_sae": "train", "TrainConfig": "train", "TrainResult": "train",
     "sparsity_sweep": "experiments", "feature_correlation": "experiments", "compare_layers": "experiments",
-    "top_activating_examples": "inspect", "feature_logit_effects": "inspect", "feature_card": "inspect",
+    "SweepResult": "experiments", "CorrelationResult": "experiments", "LayerComparison": "experiments",
+    "top_activating_examples": "features", "feature_logit_effects": "features", "feature_card": "features",
+    "TopExamples": "features", "LogitEffects": "features", "FeatureCard": "features",
 }
+
+#: Every result type saelab returns (each a `saelab.results.Result`).
+RESULT_TYPES = ("TrainResult", "EvalResult", "CELossResult", "SweepResult", "CorrelationResult",
+                "LayerComparison", "TopExamples", "LogitEffects", "FeatureCard")
 
 __all__ = sorted(_EXPORTS)
 

@@ -10,8 +10,8 @@ TEXTS_DIR = Path(__file__).resolve().parent / "assets" / "texts"
 SPLITS = ("train", "test")
 KINDS = ("prose", "code")
 
-#: The seed notebook's five training prompts (it repeats them ten times).
-SEED_PROMPTS = (
+#: The original notebook's five training prompts (it repeats them ten times).
+NOTEBOOK_PROMPTS = (
     "The capital of France is Paris.",
     "def fibonacci(n): return n if n <= 1 else",
     "What is the meaning of life?",
@@ -19,13 +19,17 @@ SEED_PROMPTS = (
     "The quick brown fox jumps over the lazy dog.",
 )
 
-#: The seed notebook's four test prompts for the layer comparison, by name.
+#: The original notebook's four test prompts for the layer comparison, by name.
 TEST_PROMPTS = {
     "Code": "def hello_world():",
     "Question": "What is the capital?",
     "Emotion": "I am very happy!",
     "Factual": "The moon orbits Earth.",
 }
+
+#: The old name of NOTEBOOK_PROMPTS ("seed" now only means a random seed); kept until the lab source,
+#: the notebooks and the benchmarks switch.
+SEED_PROMPTS = NOTEBOOK_PROMPTS
 
 
 @lru_cache(maxsize=None)

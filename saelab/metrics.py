@@ -1,23 +1,32 @@
 """How good is an SAE: reconstruction and sparsity metrics (`evaluate`) and the language-model loss
-when its reconstruction replaces the real activations (`ce_loss_recovered`)."""
+when its reconstruction replaces the real activations (`ce_loss_recovered`).
+
+Both accept any SAE with saelab's SAE interface (`sae_interface.as_sae`)."""
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .activations import d_model_of, iter_row_batches, n_rows
-from .sae import TiedSAE
-from .utils import check_int, describe
+from .activations import iter_row_batches
+from .results import Result, fmt
+from .sae_interface import as_sae
+from .validate import check_hook, check_int, check_layer, check_model, check_rows, check_texts
 
 DENSE_THRESHOLD = 0.1  # a feature active on more than 10% of tokens counts as dense
+MSE_CAPTION = ("mse is the mean over rows and dimensions of (x - x_hat)^2 (per dimension: SAELens's mse is "
+               "the sum over dimensions, i.e. this times d_in).")
 
 
-@dataclass
-class EvalResult:
-    """Metrics of an SAE on a set of activation rows (see `evaluate` for the definitions)."""
+@dataclass(repr=False)
+class EvalResult(Result):
+    """Metrics of an SAE on a set of activation rows (see `evaluate` for the definitions).
+
+    table: one row with the scalar metrics (feature_density left out); mse is per dimension.
+    """
     mse: float
     explained_variance: float
     fvu: float
@@ -28,76 +37,84 @@ class EvalResult:
     feature_density: torch.Tensor  # [n_features] fraction of tokens on which each feature is active
     n_tokens: int
 
+    caption = MSE_CAPTION
+
     def as_dict(self) -> dict:
         """The scalar metrics as a dict (feature_density left out)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "feature_density"}
 
-    def __repr__(self) -> str:
-        items = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.as_dict().items())
-        return f"EvalResult({items})"
+    @property
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame([self.as_dict()])
+
+    def summary(self) -> str:
+        return (f"SAE on {self.n_tokens:,} tokens: explained variance {fmt(self.explained_variance)}, "
+                f"L0 {fmt(self.l0)}, MSE per dimension {fmt(self.mse)}, dead {fmt(100 * self.dead_fraction)}%, "
+                f"dense {fmt(100 * self.dense_fraction)}% of {len(self.feature_density)} features")
 
 
-def _check_sae(sae) -> TiedSAE:
-    if not isinstance(sae, TiedSAE):
-        raise ValueError(f"sae: expected a saelab TiedSAE, got {describe(sae)}")
-    return sae
+class _Sums:
+    """Running float64 sums over batches of rows x [b, d_in] and their features f [b, d_sae]."""
+
+    def __init__(self, d_in: int, d_sae: int, device):
+        f64 = torch.float64
+        self.sq_err = torch.zeros((), dtype=f64, device=device)
+        self.sq_norm = torch.zeros((), dtype=f64, device=device)
+        self.l1 = torch.zeros((), dtype=f64, device=device)
+        self.x = torch.zeros(d_in, dtype=f64, device=device)
+        self.active = torch.zeros(d_sae, dtype=torch.int64, device=device)
+        self.n = 0
+
+    def add(self, x: torch.Tensor, features: torch.Tensor, reconstruction: torch.Tensor) -> None:
+        f64 = torch.float64
+        self.sq_err += (reconstruction - x).pow(2).sum(dtype=f64)
+        self.sq_norm += x.pow(2).sum(dtype=f64)
+        self.x += x.sum(dim=0, dtype=f64)
+        self.l1 += features.abs().sum(dtype=f64)
+        self.active += (features > 0).sum(dim=0)
+        self.n += x.shape[0]
 
 
 @torch.no_grad()
-def evaluate(sae: TiedSAE, activations, batch_size: int = 4096) -> EvalResult:
+def evaluate(sae, activations, batch_size: int = 4096) -> EvalResult:
     """Reconstruction and sparsity metrics of `sae` on `activations`, streamed in batches.
 
-    activations: a single-layer `Activations` or a float tensor [n_tokens, d_model].
-    With x a row, x_hat its reconstruction and f its features [n_features], over the n rows:
-      mse                = mean over rows and dimensions of (x - x_hat)^2 (the seed's recon loss)
+    activations: a single-layer `Activations` or a float tensor [n_tokens, d_in].
+    With x a row, x_hat its reconstruction and f its features [d_sae], over the n rows:
+      mse                = mean over rows and dimensions of (x - x_hat)^2 (the seed's recon loss; per
+                           dimension, where SAELens's mse sums over the d_in dimensions)
       explained_variance = 1 - E||x - x_hat||^2 / (E||x||^2 - ||E x||^2)  (SAELens' formula; sums kept
                            in float64); NaN if the rows have zero variance
       fvu                = 1 - explained_variance (fraction of variance unexplained)
       l0                 = mean number of active features (f > 0) per row
-      l1                 = mean over rows of sum_i |f_i| (the seed's "sparsity" term is l1 / n_features)
-      feature_density    = [n_features] fraction of rows on which each feature is active
+      l1                 = mean over rows of sum_i |f_i| (the seed's "sparsity" term is l1 / d_sae)
+      feature_density    = [d_sae] fraction of rows on which each feature is active
       dead_fraction      = fraction of features never active on these rows
       dense_fraction     = fraction of features active on more than 10% of the rows
     """
-    _check_sae(sae)
+    sae = as_sae("sae", sae)
     check_int("batch_size", batch_size, minimum=1)
-    n = n_rows(activations)
-    width = d_model_of(activations)
-    if width != sae.d_model:
-        raise ValueError(f"activations: expected rows of width d_model = {sae.d_model} (the SAE's), got {width}")
-    if n == 0:
-        raise ValueError("activations: expected at least one row, got 0 rows")
-    weight = sae.encoder.weight
-    dev, f64 = weight.device, torch.float64
-    sum_sq_err = torch.zeros((), dtype=f64, device=dev)
-    sum_sq_norm = torch.zeros((), dtype=f64, device=dev)
-    sum_l1 = torch.zeros((), dtype=f64, device=dev)
-    sum_x = torch.zeros(sae.d_model, dtype=f64, device=dev)
-    active = torch.zeros(sae.n_features, dtype=torch.int64, device=dev)
-    seen = 0
+    n = check_rows("activations", activations, sae.d_in)
+    weight = sae.W_dec
+    sums = _Sums(sae.d_in, sae.d_sae, weight.device)
     for batch in iter_row_batches(activations, batch_size):
-        x = batch.to(device=dev, dtype=weight.dtype, non_blocking=True)
-        features = sae._encode(x)
-        sum_sq_err += (sae._decode(features) - x).pow(2).sum(dtype=f64)
-        sum_sq_norm += x.pow(2).sum(dtype=f64)
-        sum_x += x.sum(dim=0, dtype=f64)
-        sum_l1 += features.sum(dtype=f64)  # features >= 0, so this is sum |f|
-        active += (features > 0).sum(dim=0)
-        seen += x.shape[0]
-    if seen != n:
-        raise RuntimeError(f"activations: expected {n} rows while reading, got {seen}")
-    if not math.isfinite(sum_sq_norm.item()):
+        x = batch.to(device=weight.device, dtype=weight.dtype, non_blocking=True)
+        features = sae.encode_unchecked(x)
+        sums.add(x, features, sae.decode_unchecked(features))
+    if sums.n != n:
+        raise RuntimeError(f"activations: expected {n} rows while reading, got {sums.n}")
+    if not math.isfinite(sums.sq_norm.item()):
         raise ValueError("activations: expected finite values, got rows containing NaN or inf")
-    variance = (sum_sq_norm / n - (sum_x / n).pow(2).sum()).item()
-    mse_per_row = (sum_sq_err / n).item()
+    variance = (sums.sq_norm / n - (sums.x / n).pow(2).sum()).item()
+    mse_per_row = (sums.sq_err / n).item()
     explained = 1.0 - mse_per_row / variance if variance > 0 else math.nan
-    density = (active.double() / n).float().cpu()
+    density = (sums.active.double() / n).float().cpu()
     return EvalResult(
-        mse=mse_per_row / sae.d_model,
+        mse=mse_per_row / sae.d_in,
         explained_variance=explained,
         fvu=1.0 - explained,
-        l0=(active.sum().double() / n).item(),
-        l1=(sum_l1 / n).item(),
+        l0=(sums.active.sum().double() / n).item(),
+        l1=(sums.l1 / n).item(),
         dead_fraction=(density == 0).float().mean().item(),
         dense_fraction=(density > DENSE_THRESHOLD).float().mean().item(),
         feature_density=density,
@@ -105,21 +122,36 @@ def evaluate(sae: TiedSAE, activations, batch_size: int = 4096) -> EvalResult:
     )
 
 
-@dataclass
-class CELossResult:
+@dataclass(repr=False)
+class CELossResult(Result):
     """Next-token cross-entropy (nats per predicted token) with the activations left clean, replaced by
-    the SAE's reconstruction, and zeroed; score = (zero_ablation - spliced) / (zero_ablation - clean)."""
+    the SAE's reconstruction, and zeroed; score = (zero_ablation - spliced) / (zero_ablation - clean).
+
+    table: one row: clean, spliced, zero_ablation, score, n_tokens.
+    """
     clean: float
     spliced: float
     zero_ablation: float
     score: float
     n_tokens: int
 
+    caption = ("CE in nats per predicted token, averaged over every next-token prediction including the one "
+               "made at the BOS position; the BOS activation is left unchanged in the spliced and zeroed runs "
+               "unless exclude_bos=False (SAELens's run_evals differs in both).")
+
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame([self.as_dict()])
 
-def ce_loss_recovered(model, sae: TiedSAE, texts, layer: int, hook: str = "resid_post", batch_size: int = 8,
+    def summary(self) -> str:
+        return (f"CE loss recovered {fmt(self.score)} on {self.n_tokens:,} predicted tokens (CE clean "
+                f"{fmt(self.clean)}, spliced {fmt(self.spliced)}, zero-ablated {fmt(self.zero_ablation)} nats)")
+
+
+def ce_loss_recovered(model, sae, texts, layer: int, hook: str = "resid_post", batch_size: int = 8,
                       context_length: int | None = None, exclude_bos: bool = True) -> CELossResult:
     """How much of the model's next-token loss survives when the SAE's reconstruction replaces the
     activations at `hook` of `layer` (e.g. "blocks.{layer}.hook_resid_post").
@@ -132,63 +164,25 @@ def ce_loss_recovered(model, sae: TiedSAE, texts, layer: int, hook: str = "resid
     score = (CE_zero - CE_spliced) / (CE_zero - CE_clean): 1 = the SAE loses nothing, 0 = as bad as
     deleting the activations (NaN if zeroing costs nothing).
 
-    exclude_bos=True keeps the BOS position's activation unchanged in both the spliced and the zeroed
-    run: the SAE was trained without BOS rows, and the huge BOS activation would otherwise dominate.
-    The score then measures the positions the SAE replaces. (SAELens keeps BOS out of the splice but
-    zeroes it in the baseline, which makes its zero-ablation CE, and so its score, higher.)
+    saelab's two conventions (SAELens's `run_evals` differs in both, so its CE values differ):
+    - BOS: exclude_bos=True keeps the BOS position's activation unchanged in both the spliced and the
+      zeroed run: the SAE was trained without BOS rows, and the huge BOS activation would otherwise
+      dominate. The score then measures the positions the SAE replaces. SAELens keeps BOS out of the
+      splice but zeroes it in the baseline, which makes its zero-ablation CE, and so its score, higher.
+      exclude_bos=False splices and zeroes every position, BOS included.
+    - Position 0: the prediction made at the BOS position (of the text's first token) counts in every
+      CE mean here; SAELens leaves it out. This moves the three CE values, not much the score.
     """
-    from transformer_lens.utilities import get_act_name
-
-    _check_sae(sae)
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ValueError(f"texts: expected a non-empty list of strings, got {describe(texts)}")
-    n_layers = model.cfg.n_layers
-    if isinstance(layer, bool) or not isinstance(layer, int) or not -n_layers <= layer < n_layers:
-        raise ValueError(f"layer: expected an int in [0, {n_layers - 1}] (the model has {n_layers} layers; "
-                         f"negative ints count from the last), got {describe(layer)}")
-    layer %= n_layers
-    hook_name = get_act_name(hook, layer) if isinstance(hook, str) else None
-    if hook_name not in model.hook_dict:
-        raise ValueError(f"hook: expected a hook name such as 'resid_post', 'resid_pre' or 'mlp_out', got {hook!r}")
-    check_int("batch_size", batch_size, minimum=1)
-    context_length = model.cfg.n_ctx if context_length is None else context_length
-    check_int("context_length", context_length, minimum=2)
-    if context_length > model.cfg.n_ctx:
-        raise ValueError(f"context_length: expected at most the model's n_ctx = {model.cfg.n_ctx}, "
-                         f"got {context_length}")
-
-    keep = 1 if exclude_bos else 0  # leading positions left untouched by the splice and the ablation
-
-    def splice(act, hook):
-        if act.shape[-1] != sae.d_model:
-            raise ValueError(f"sae: expected d_model = {act.shape[-1]} to match {hook.name}, got {sae.d_model}")
-        weight = sae.encoder.weight
-        x = act[:, keep:].to(device=weight.device, dtype=weight.dtype)
-        recon = sae._decode(sae._encode(x)).to(device=act.device, dtype=act.dtype)
-        return torch.cat([act[:, :keep], recon], dim=1)
-
-    def zero(act, hook):
-        return torch.cat([act[:, :keep], torch.zeros_like(act[:, keep:])], dim=1)
-
-    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    sae = as_sae("sae", sae)
+    texts, hook_name, context_length = _check_ce_args(model, sae, texts, layer, hook, batch_size, context_length)
+    hooks = _ce_hooks(sae, keep=1 if exclude_bos else 0)
     totals = torch.zeros(3, dtype=torch.float64)
     n_tokens = 0
     with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            rows = [model.to_tokens(t, prepend_bos=True, move_to_device=False)[0, :context_length]
-                    for t in texts[start:start + batch_size]]
-            lengths = torch.tensor([len(r) for r in rows])
-            tokens = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_id)
-            # mask[b, t]: position t predicts a real token t+1 of text b
-            mask = torch.arange(tokens.shape[1] - 1)[None, :] < (lengths[:, None] - 1)
-            if not mask.any():
-                continue
-            tokens = tokens.to(model.cfg.device)
-            mask = mask.to(model.cfg.device)
-            for i, hooks in enumerate(([], [(hook_name, splice)], [(hook_name, zero)])):
-                logits = model.run_with_hooks(tokens, fwd_hooks=hooks, padding_side="right")
+        for tokens, mask in _token_batches(model, texts, batch_size, context_length):
+            for i, hook_fn in enumerate(hooks):
+                fwd_hooks = [] if hook_fn is None else [(hook_name, hook_fn)]
+                logits = model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, padding_side="right")
                 totals[i] += _masked_ce_sum(logits, tokens, mask)
                 del logits  # one [batch, pos, d_vocab] at a time
             n_tokens += int(mask.sum())
@@ -198,6 +192,53 @@ def ce_loss_recovered(model, sae: TiedSAE, texts, layer: int, hook: str = "resid
     denom = zero_ablation - clean
     score = (zero_ablation - spliced) / denom if denom != 0 else math.nan
     return CELossResult(clean=clean, spliced=spliced, zero_ablation=zero_ablation, score=score, n_tokens=n_tokens)
+
+
+def _check_ce_args(model, sae, texts, layer, hook, batch_size, context_length) -> tuple[list[str], str, int]:
+    """(texts, full hook name, context length) after checking `ce_loss_recovered`'s arguments."""
+    check_model("model", model)
+    texts = check_texts("texts", texts, allow_str=True)
+    layer = check_layer("layer", layer, model.cfg.n_layers)
+    hook_name = check_hook("hook", hook, model, [layer])[layer]
+    check_int("batch_size", batch_size, minimum=1)
+    context_length = model.cfg.n_ctx if context_length is None else context_length
+    check_int("context_length", context_length, minimum=2)
+    if context_length > model.cfg.n_ctx:
+        raise ValueError(f"context_length: expected at most the model's n_ctx = {model.cfg.n_ctx}, "
+                         f"got {context_length}")
+    return texts, hook_name, context_length
+
+
+def _ce_hooks(sae, keep: int) -> tuple:
+    """(None, splice, zero): the hook functions of the clean, spliced and zero-ablated runs; the first
+    `keep` positions are left untouched by the splice and the ablation."""
+    weight = sae.W_dec
+
+    def splice(act, hook):
+        if act.shape[-1] != sae.d_in:
+            raise ValueError(f"sae: expected d_in = {act.shape[-1]} to match {hook.name}, got {sae.d_in}")
+        x = act[:, keep:].to(device=weight.device, dtype=weight.dtype)
+        recon = sae.decode_unchecked(sae.encode_unchecked(x)).to(device=act.device, dtype=act.dtype)
+        return torch.cat([act[:, :keep], recon], dim=1)
+
+    def zero(act, hook):
+        return torch.cat([act[:, :keep], torch.zeros_like(act[:, keep:])], dim=1)
+
+    return None, splice, zero
+
+
+def _token_batches(model, texts: list[str], batch_size: int, context_length: int):
+    """Yield (tokens [b, pos] right-padded on the model's device, mask [b, pos - 1]) per batch of texts,
+    mask[b, t] True where position t predicts a real token t+1 of text b; batches without any are skipped."""
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(texts), batch_size):
+        rows = [model.to_tokens(t, prepend_bos=True, move_to_device=False)[0, :context_length]
+                for t in texts[start:start + batch_size]]
+        lengths = torch.tensor([len(r) for r in rows])
+        tokens = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_id)
+        mask = torch.arange(tokens.shape[1] - 1)[None, :] < (lengths[:, None] - 1)
+        if mask.any():
+            yield tokens.to(model.cfg.device), mask.to(model.cfg.device)
 
 
 def _masked_ce_sum(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> float:

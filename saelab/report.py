@@ -5,8 +5,10 @@ opens offline), the figures as PNG, the tables as CSV and the SAEs in SAELens fo
 """
 from __future__ import annotations
 
+import html
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 #: Sizes of `saelab run` per model: training tokens per layer, held-out tokens, training steps,
@@ -19,6 +21,7 @@ SWEEP_COEFS = (1e-3, 1.0, 3.0, 10.0, 30.0)
 COEF = 10.0
 BATCH_SIZE, LR = 256, 5e-3
 N_CARDS = 4
+N_STAGES = 7
 
 
 class _Report:
@@ -34,11 +37,9 @@ class _Report:
         self.parts.append(fragment)
 
     def text(self, text: str, tag: str = "p") -> None:
-        import html
         self.parts.append(f"<{tag}>{html.escape(text)}</{tag}>")
 
     def table(self, df, name: str, caption: str = "", index: bool = False) -> None:
-        import html
         path = self.out / "tables" / f"{name}.csv"
         df.to_csv(path, index=index)
         shown = df.to_html(index=index, border=0, classes="data",
@@ -48,7 +49,6 @@ class _Report:
 
     def figure(self, fig, name: str, caption: str = "") -> None:
         import base64
-        import html
         path = self.out / "figures" / f"{name}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
         data = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -57,7 +57,6 @@ class _Report:
                           f"</figcaption></figure>")
 
     def write(self, title: str) -> Path:
-        import html
         path = self.out / "report.html"
         style = ("body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1040px;"
                  "margin:24px auto;padding:0 16px;color:#222;line-height:1.45}"
@@ -83,8 +82,8 @@ def _bos_norms(model, texts, layer):
     norms of BOS rows; norms of other rows)."""
     import pandas as pd
 
-    from .activations import collect_activations
-    acts = collect_activations(model, texts, [layer], exclude_bos=False)[layer]
+    from .collect import collect_activations
+    acts = collect_activations(model, texts, [layer], exclude_bos=False, progress=False)[layer]
     norms = acts.rows.norm(dim=-1)
     bos = acts.position == 0
     table = pd.DataFrame({"rows": ["BOS (position 0)", "all other tokens"],
@@ -134,61 +133,79 @@ def _pick_card_features(correlation, density, n: int) -> list[int]:
     return chosen[:n]
 
 
-def run_lab(model_name: str, out: Path, seed: int = 0, device=None, max_tokens: int | None = None,
-            progress: bool = True) -> Path:
-    """Run the whole lab on `model_name` and write `out/report.html` with figures, tables and SAEs."""
-    import html
+@dataclass
+class _Lab:
+    """What every section of the run shares."""
+    model_name: str
+    model: object
+    device: object
+    seed: int
+    sizes: dict
+    layer: int
+    train_texts: list
+    test_texts: list
+    report: _Report
+    saes_dir: Path
+    progress: bool
 
-    import pandas as pd
-    import torch
 
+def _setup(model_name: str, out: Path, seed: int, device, sizes: dict, progress: bool) -> _Lab:
     from . import __version__
-    from .activations import collect_activations
     from .data import load_texts
-    from .experiments import compare_layers, feature_correlation, seed_sweep_layer, sparsity_sweep
-    from .inspect import feature_card, top_activating_examples
-    from .metrics import evaluate
+    from .experiments import notebook_layer
     from .models import load_model, resolve_device
 
-    started = time.perf_counter()
-    sizes = dict(RUN_SIZES.get(model_name, RUN_SIZES_DEFAULT))
-    if max_tokens is not None:
-        sizes["max_tokens"] = max_tokens
-    total = 7
     dev = resolve_device(device)
     model = load_model(model_name, device=dev)
-    _stage(1, total, f"loaded model {model_name!r} on {dev}")
-    train_texts, test_texts = load_texts("train"), load_texts("test")
-    layer = seed_sweep_layer(model)
-    report = _Report(out)
-    saes_dir = out / "saes"
-    report.add(f"<p class='note'>Model <code>{html.escape(model_name)}</code> ({model.cfg.n_layers} layers, "
-               f"d_model {model.cfg.d_model}) on {dev}; seed {seed}; saelab {__version__}. Tied ReLU SAEs with "
-               f"{4 * model.cfg.d_model} features (4 × d_model) on <code>resid_post</code>, trained on the shipped "
-               f"training texts and evaluated on held-out test texts. Tables are in <code>tables/</code>, figures "
-               f"in <code>figures/</code>, SAEs (SAELens format) in <code>saes/</code>.</p>")
+    _stage(1, N_STAGES, f"loaded model {model_name!r} on {dev}")
+    lab = _Lab(model_name, model, dev, seed, sizes, notebook_layer(model), load_texts("train"), load_texts("test"),
+               _Report(out), out / "saes", progress)
+    lab.report.add(f"<p class='note'>Model <code>{html.escape(model_name)}</code> ({model.cfg.n_layers} layers, "
+                   f"d_model {model.cfg.d_model}) on {dev}; seed {seed}; saelab {__version__}. Tied ReLU SAEs with "
+                   f"{4 * model.cfg.d_model} features (4 × d_model) on <code>resid_post</code>, trained on the "
+                   f"shipped training texts and evaluated on held-out test texts. Tables are in <code>tables/</code>, "
+                   f"figures in <code>figures/</code>, SAEs (SAELens format) in <code>saes/</code>.</p>")
+    return lab
 
-    _stage(2, total, f"collecting activations at layer {layer} (up to {sizes['max_tokens']:,} training tokens)")
-    bos_table, bos, other = _bos_norms(model, test_texts[:50], layer)
-    acts = collect_activations(model, train_texts, [layer], max_tokens=sizes["max_tokens"], progress=progress)[layer]
-    test_acts = collect_activations(model, test_texts, [layer], max_tokens=sizes["eval_tokens"],
-                                    progress=progress)[layer]
+
+def _activations_section(lab: _Lab):
+    """Section 1: the training and held-out rows, and why BOS rows are dropped."""
+    from .collect import collect_activations
+
+    layer, report = lab.layer, lab.report
+    _stage(2, N_STAGES, f"collecting activations at layer {layer} (up to {lab.sizes['max_tokens']:,} training tokens)")
+    bos_table, bos, other = _bos_norms(lab.model, lab.test_texts[:50], layer)
+    acts = collect_activations(lab.model, lab.train_texts, [layer], max_tokens=lab.sizes["max_tokens"],
+                               progress=lab.progress)[layer]
+    test_acts = collect_activations(lab.model, lab.test_texts, [layer], max_tokens=lab.sizes["eval_tokens"],
+                                    progress=lab.progress)[layer]
     report.add("<h2>1. Activations</h2>")
     report.text(f"{len(acts):,} training rows and {len(test_acts):,} held-out rows of resid_post at layer {layer} "
-                f"(the seed's layer 6 of 12 at the same relative depth). BOS rows are dropped: at position 0 the "
-                f"model sees only the BOS token, so every text's BOS row is the same vector (largest distance "
-                f"between two: {bos_table.max_distance_to_first_row[0]:.1e}), with {bos_table.mean_norm[0] / bos_table.mean_norm[1]:.2f}× "
-                "the mean norm of the other rows here (on GPT-2 many times more). Kept in, they are repeated copies "
-                "of one uninformative point that skew training and every metric.")
+                f"(the original notebook's layer 6 of 12 at the same relative depth). BOS rows are dropped: at "
+                f"position 0 the model sees only the BOS token, so every text's BOS row is the same vector (largest "
+                f"distance between two: {bos_table.max_distance_to_first_row[0]:.1e}), with "
+                f"{bos_table.mean_norm[0] / bos_table.mean_norm[1]:.2f}× the mean norm of the other rows here (on "
+                "GPT-2 many times more). Kept in, they are repeated copies of one uninformative point that skew "
+                "training and every metric.")
     report.table(bos_table, "bos_norms", "Residual norms of BOS rows and of the other rows (50 held-out texts).")
     report.figure(_bos_figure(bos, other, layer), "bos_norms")
+    return acts, test_acts
 
-    _stage(3, total, f"sparsity sweep: {len(SWEEP_COEFS)} SAEs, {sizes['steps']} steps each")
-    sweep = sparsity_sweep(acts, coefs=SWEEP_COEFS, eval_activations=test_acts, steps=sizes["steps"], seed=seed,
-                           lr=LR, batch_size=BATCH_SIZE, model=model, texts=test_texts[:sizes["ce_texts"]],
-                           progress=progress, device=dev)
+
+def _sweep_section(lab: _Lab, acts, test_acts):
+    """Section 2: the sparsity sweep, its SAEs saved, training rows vs held-out rows."""
+    import pandas as pd
+
+    from .experiments import sparsity_sweep
+    from .metrics import evaluate
+
+    report = lab.report
+    _stage(3, N_STAGES, f"sparsity sweep: {len(SWEEP_COEFS)} SAEs, {lab.sizes['steps']} steps each")
+    sweep = sparsity_sweep(acts, coefs=SWEEP_COEFS, eval_activations=test_acts, steps=lab.sizes["steps"],
+                           seed=lab.seed, lr=LR, batch_size=BATCH_SIZE, model=lab.model,
+                           texts=lab.test_texts[:lab.sizes["ce_texts"]], progress=lab.progress, device=lab.device)
     for coef, sae in sweep.saes.items():
-        sae.save(saes_dir / f"sweep_layer{layer}_coef{coef:g}")
+        sae.save(lab.saes_dir / f"sweep_layer{lab.layer}_coef{coef:g}")
     report.add("<h2>2. Sparsity sweep (exercise 1)</h2>")
     report.text(sweep.summary())
     report.table(sweep.table.drop(columns=["evaluated_on"]), "sparsity_sweep",
@@ -199,15 +216,21 @@ def run_lab(model_name: str, out: Path, seed: int = 0, device=None, max_tokens: 
     flatter = pd.DataFrame([{"coef": c, "fvu_training_rows": evaluate(s, acts).fvu,
                              "fvu_held_out": sweep.metrics[c].fvu} for c, s in sweep.saes.items()])
     report.table(flatter, "train_vs_heldout",
-                 "The seed measured its SAEs on the rows they were trained on; held-out rows give the honest "
-                 "number (with the seed's 5 prompts repeated 10 times the gap is far larger).")
+                 "The original notebook measured its SAEs on the rows they were trained on; held-out rows give the "
+                 "honest number (with its 5 prompts repeated 10 times the gap is far larger).")
+    return sweep
 
-    _stage(4, total, "feature co-activation")
-    coef = COEF
-    sae = sweep.saes[coef]
-    correlation = feature_correlation(sae, test_acts, progress=progress)
+
+def _correlation_section(lab: _Lab, sae, test_acts):
+    """Section 3: feature co-activation of the studied SAE, and where its top pair fires."""
+    from .experiments import feature_correlation
+    from .features import top_activating_examples
+
+    report = lab.report
+    _stage(4, N_STAGES, "feature co-activation")
+    correlation = feature_correlation(sae, test_acts, progress=lab.progress)
     report.add("<h2>3. Feature co-activation (exercise 2)</h2>")
-    report.text(f"The SAE with sparsity_coef {coef:g} (near the knee of the trade-off). {correlation.summary()}")
+    report.text(f"The SAE with sparsity_coef {COEF:g} (near the knee of the trade-off). {correlation.summary()}")
     if len(correlation.table):
         report.table(correlation.table, "top_correlated_pairs",
                      "Most correlated distinct pairs among features active on more than 1% of held-out tokens; "
@@ -217,35 +240,66 @@ def run_lab(model_name: str, out: Path, seed: int = 0, device=None, max_tokens: 
         report.add(f"<h3>Where the top pair fires: features {i} and {j}</h3>")
         for f in (i, j):
             report.add(top_activating_examples(sae, test_acts, f, k=6).html())
+    return correlation
 
-    _stage(5, total, "early vs late layers")
-    layers = compare_layers(model, train_texts, max_tokens=sizes["max_tokens"], eval_texts=test_texts[:50],
-                            sparsity_coef=COEF, steps=sizes["steps"], lr=LR, batch_size=BATCH_SIZE, seed=seed,
-                            progress=progress, device=dev)
+
+def _layers_section(lab: _Lab) -> None:
+    """Section 4: early vs late layers, their SAEs saved."""
+    from .experiments import compare_layers
+
+    report = lab.report
+    _stage(5, N_STAGES, "early vs late layers")
+    layers = compare_layers(lab.model, lab.train_texts, max_tokens=lab.sizes["max_tokens"],
+                            eval_texts=lab.test_texts[:50], sparsity_coef=COEF, steps=lab.sizes["steps"], lr=LR,
+                            batch_size=BATCH_SIZE, seed=lab.seed, progress=lab.progress, device=lab.device)
     for lay, layer_sae in layers.saes.items():
-        layer_sae.save(saes_dir / f"layer{lay}_coef{layers.settings['sparsity_coef']:g}")
+        layer_sae.save(lab.saes_dir / f"layer{lay}_coef{layers.settings['sparsity_coef']:g}")
     report.add("<h2>4. Early vs late layers (exercise 3)</h2>")
     report.text(layers.summary())
     report.table(layers.table.drop(columns=["evaluated_on"]), "layer_comparison",
                  "Raw MSE grows with the residual norm, so compare layers by FVU.")
     report.figure(layers.plot(), "layer_comparison")
     report.table(layers.prompt_table, "layer_test_prompts",
-                 "The seed's test prompts: active features and the strongest feature at the last token.")
+                 "The original notebook's test prompts: active features and the strongest feature at the last token.")
 
-    _stage(6, total, f"feature cards ({N_CARDS})")
-    density = sweep.metrics[coef].feature_density
-    report.add("<h2>5. Feature cards</h2>")
-    report.text(f"Features of the coef {coef:g} SAE at layer {layer}: the top correlated pair, then typical "
-                "features (density nearest the median of the alive, not dense ones). Where do they fire, and "
-                "what do they push the next-token prediction towards?")
+
+def _cards_section(lab: _Lab, sae, density, correlation, test_acts, out: Path) -> None:
+    """Section 5: feature cards of the studied SAE, each also saved as cards/feature_N.html."""
+    from .features import feature_card
+
+    _stage(6, N_STAGES, f"feature cards ({N_CARDS})")
+    lab.report.add("<h2>5. Feature cards</h2>")
+    lab.report.text(f"Features of the coef {COEF:g} SAE at layer {lab.layer}: the top correlated pair, then typical "
+                    "features (density nearest the median of the alive, not dense ones). Where do they fire, and "
+                    "what do they push the next-token prediction towards?")
     for f in _pick_card_features(correlation, density, N_CARDS):
-        card = feature_card(model, sae, test_acts, f)
+        card = feature_card(lab.model, sae, test_acts, f)
         card.save(out / "cards" / f"feature_{f}.html")
-        report.add(card.html())
+        lab.report.add(card.html())
 
-    _stage(7, total, "writing the report")
-    seconds = time.perf_counter() - started
-    report.add(f"<p style='color:#777;font-size:12px;margin-top:32px'>Generated by <code>saelab run --model "
-               f"{html.escape(model_name)} --seed {seed}</code> in {seconds:.0f}s.</p>")
+
+def run_lab(model_name: str, out: Path, seed: int = 0, device=None, max_tokens: int | None = None,
+            progress: bool = True, steps: int | None = None) -> Path:
+    """Run the whole lab on `model_name` and write `out/report.html` with figures, tables and SAEs.
+
+    Sizes come from RUN_SIZES (per model) or RUN_SIZES_DEFAULT; max_tokens (training rows per layer)
+    and steps (training steps of every SAE) override them, e.g. for a quick smoke run.
+    """
+    import torch
+
+    started = time.perf_counter()
+    sizes = dict(RUN_SIZES.get(model_name, RUN_SIZES_DEFAULT))
+    sizes.update({k: v for k, v in (("max_tokens", max_tokens), ("steps", steps)) if v is not None})
+    out = Path(out)
+    lab = _setup(model_name, out, seed, device, sizes, progress)
+    acts, test_acts = _activations_section(lab)
+    sweep = _sweep_section(lab, acts, test_acts)
+    sae = sweep.saes[COEF]
+    correlation = _correlation_section(lab, sae, test_acts)
+    _layers_section(lab)
+    _cards_section(lab, sae, sweep.metrics[COEF].feature_density, correlation, test_acts, out)
+    _stage(7, N_STAGES, "writing the report")
+    lab.report.add(f"<p style='color:#777;font-size:12px;margin-top:32px'>Generated by <code>saelab run --model "
+                   f"{html.escape(model_name)} --seed {seed}</code> in {time.perf_counter() - started:.0f}s.</p>")
     torch.set_grad_enabled(True)
-    return report.write(f"Lab C.4: Feature extraction with SAEs: report ({model_name})")
+    return lab.report.write(f"Lab C.4: Feature extraction with SAEs: report ({model_name})")

@@ -56,6 +56,41 @@ class TiedSAE(nn.Module):
         """The decoder weight [n_features, d_model]: the encoder weight itself (tied)."""
         return self.encoder.weight
 
+    # -- the SAE interface (saelab.sae_interface): read-only views -----------------------------------
+    @property
+    def d_in(self) -> int:
+        """The width of the activations it reads (= d_model)."""
+        return self.d_model
+
+    @property
+    def d_sae(self) -> int:
+        """The number of features (= n_features)."""
+        return self.n_features
+
+    @property
+    def b_dec(self) -> torch.Tensor:
+        """The decoder bias [d_in] (the parameter `decoder_bias`)."""
+        return self.decoder_bias
+
+    @property
+    def hook_name(self) -> str | None:
+        """The full hook name it was trained on (e.g. "blocks.1.hook_resid_post"), from metadata; None if unknown."""
+        return self.metadata.get("hook_name")
+
+    @property
+    def layer(self) -> int | None:
+        """The model layer it was trained on, from metadata; None if unknown."""
+        return self.metadata.get("layer")
+
+    def encode_unchecked(self, x: torch.Tensor) -> torch.Tensor:
+        """`encode` without its checks, for tools that validated their input once: x [..., d_in] on the
+        SAE's device and dtype -> features [..., d_sae] (the checks would cost ~1.8x the math)."""
+        return self._encode(x)
+
+    def decode_unchecked(self, features: torch.Tensor) -> torch.Tensor:
+        """`decode` without its checks: features [..., d_sae] on the SAE's device and dtype -> [..., d_in]."""
+        return self._decode(features)
+
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_features={self.n_features}, tied=True"
 
@@ -142,13 +177,27 @@ class TiedSAE(nn.Module):
         return load_tied(path, device, cls)
 
 
-class _TiedLoss(torch.autograd.Function):
-    """The seed's loss on x [rows, d_model] with a hand-written backward.
+def tied_gradients(x, W, features, grad_out, sparsity_grad):
+    """The tied SAE's gradients for k SAEs at once: THE one place saelab differentiates the seed's loss.
 
-    Forward: the seed's operations (so the same numbers). Backward: the five matmuls a step needs and
-    little else; the tied weight's two gradients (encoder and decoder use) are summed inside one GEMM
-    instead of being materialised and added, and no [rows, n_features] temporaries are kept beyond
-    the features themselves. Outputs: loss, recon (MSE), sparsity (mean |features|), features.
+    x [k, rows, d_model] (an expanded view when the SAEs share a batch), W [k, n_features, d_model],
+    features [k, rows, n_features] = relu(x W^T + b_enc), grad_out [k, rows, d_model] = d loss /
+    d reconstruction, sparsity_grad: d loss / d feature of the sparsity term (a number or a tensor
+    broadcast to [k, 1, 1]). The tied weight's decoder and encoder gradients are summed inside one
+    batched GEMM instead of being materialised and added. Returns (grad_W [k, n_features, d_model],
+    grad_b_enc [k, n_features], grad_b_dec [k, d_model], grad_features [k, rows, n_features]).
+    """
+    grad_features = torch.bmm(grad_out, W.transpose(1, 2)).add_(sparsity_grad)
+    grad_features = torch.ops.aten.threshold_backward(grad_features, features, 0)   # through the ReLU
+    grad_W = torch.bmm(features.transpose(1, 2), grad_out).baddbmm_(grad_features.transpose(1, 2), x)
+    return grad_W, grad_features.sum(dim=1), grad_out.sum(dim=1), grad_features
+
+
+class _TiedLoss(torch.autograd.Function):
+    """The seed's loss on x [rows, d_model] with the hand-written backward of `tied_gradients`.
+
+    Forward: the seed's operations (so the same numbers). Backward: `tied_gradients` with k = 1, and
+    the input's gradient when asked. Outputs: loss, recon (MSE), sparsity (mean |features|), features.
     """
 
     @staticmethod
@@ -167,11 +216,11 @@ class _TiedLoss(torch.autograd.Function):
         x, weight, features, reconstruction = ctx.saved_tensors
         rows, d_model = x.shape
         grad_out = (reconstruction - x).mul_(grad_loss * (2.0 / (rows * d_model)))      # [rows, d_model]
-        grad_features = torch.mm(grad_out, weight.T)                                      # [rows, n_features]
-        grad_features.add_(grad_loss * (ctx.coef / features.numel())).mul_(features > 0)  # through the ReLU
-        grad_weight = torch.mm(features.T, grad_out).addmm_(grad_features.T, x)           # decoder + encoder use
+        grad_w, grad_b_enc, grad_b_dec, grad_features = tied_gradients(
+            x.unsqueeze(0), weight.unsqueeze(0), features.unsqueeze(0), grad_out.unsqueeze(0),
+            grad_loss * (ctx.coef / features.numel()))
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(grad_features, weight).sub_(grad_out)
-        return grad_x, grad_weight, grad_features.sum(0), grad_out.sum(0), None
+            grad_x = torch.mm(grad_features[0], weight).sub_(grad_out)
+        return grad_x, grad_w[0], grad_b_enc[0], grad_b_dec[0], None
 

@@ -1,67 +1,331 @@
-"""Train a TiedSAE on activation rows: the seed's Adam loop, seeded, logged and checked."""
+"""Train tied SAEs on activation rows: the seed's Adam loop, seeded, logged and checked.
+
+ONE trainer core, `train_stacked`, trains k tied SAEs at once as one stacked model (weights
+`[k, n_features, d_model]`, batched matmuls) on the same mini-batches: k = 1 for `train_sae`, one
+per coefficient for the sparsity sweep, one per layer for `compare_layers`. The per-SAE losses are
+summed, so each SAE gets exactly its own gradient (`sae.tied_gradients`) and Adam (elementwise)
+takes exactly the steps it would take alone: a stacked SAE equals the one trained alone, bit for bit.
+
+Faults: the rows are checked to be finite before the first step (the SAEs are then untouched); a
+NaN/inf loss stops training with the SAEs restored to their last finite logged state; a loss that
+grows far above its starting value warns; Ctrl-C (KeyboardInterrupt) ends training early and
+returns what was done, with the SAEs in eval mode and `metadata["interrupted_at_step"]`.
+"""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Iterator
 
 import pandas as pd
 import torch
 
-from .activations import Activations, d_model_of, gather_rows, n_rows
+from .activations import Activations, find_nonfinite_row, gather_rows, n_rows
+from .batches import batch_indices, n_steps
 from .metrics import EvalResult, evaluate
 from .models import resolve_device
-from .sae import TiedSAE
-from .utils import check_float, check_int, describe, progress_bar
+from .results import Result, fmt
+from .sae import TiedSAE, tied_gradients
+from .utils import describe, progress_bar
+from .validate import check_bool, check_float, check_int, check_rows
+
+__all__ = ["TrainConfig", "TrainResult", "StackedTraining", "train_sae", "train_stacked", "adam", "source_metadata",
+           "batch_indices", "n_steps", "HISTORY_COLUMNS", "DIVERGENCE_FACTOR"]
 
 HISTORY_COLUMNS = ("step", "loss", "recon", "sparsity", "l0")
+#: `train_stacked` warns when a logged loss exceeds this many times the loss of the first step.
+DIVERGENCE_FACTOR = 100.0
 
 
-def batch_indices(n_rows: int, batch_size: int, seed: int, epochs: int = 1,
-                  steps: int | None = None) -> Iterator[torch.Tensor]:
-    """The shuffled mini-batch order: row indices [<= batch_size] int64, one tensor per step.
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: the seed's Adam loop settings (validated on construction).
 
-    Each epoch is a fresh permutation of range(n_rows) from a torch.Generator seeded with `seed`, cut
-    into batches of `batch_size` (the last one may be smaller, like the seed's DataLoader). With
-    `steps`, exactly that many batches are yielded, running through as many epochs as needed (`epochs`
-    is then ignored). Same arguments, same batches.
+    lr: Adam's learning rate; batch_size: rows per step; epochs: passes over the rows (ignored when
+    `steps` is given: exactly that many batches); seed: the batch order (`batch_indices`); device:
+    None picks cuda, then mps, then cpu; progress: a tqdm bar; log_every: a history row every this
+    many steps (and at the last step); only those steps wait for the device.
     """
-    check_int("n_rows", n_rows, minimum=1)
-    check_int("batch_size", batch_size, minimum=1)
-    check_int("seed", seed, minimum=0)
-    check_int("epochs", epochs, minimum=1)
-    check_int("steps", steps, minimum=1, allow_none=True)
-    return _batch_indices(n_rows, batch_size, seed, epochs, steps)
+    lr: float = 1e-3
+    batch_size: int = 64
+    epochs: int = 1
+    steps: int | None = None
+    seed: int = 0
+    device: object = None
+    progress: bool = True
+    log_every: int = 10
+
+    def __post_init__(self):
+        checked = {"lr": check_float("lr", self.lr, minimum=0.0, strict=True),   # plain Python numbers (JSON-able)
+                   "batch_size": check_int("batch_size", self.batch_size, minimum=1),
+                   "epochs": check_int("epochs", self.epochs, minimum=1),
+                   "steps": check_int("steps", self.steps, minimum=1, allow_none=True),
+                   "seed": check_int("seed", self.seed, minimum=0),
+                   "progress": check_bool("progress", self.progress),
+                   "log_every": check_int("log_every", self.log_every, minimum=1)}
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+        resolve_device(self.device)  # validates
+
+    @classmethod
+    def build(cls, config: "TrainConfig | None" = None, **overrides) -> "TrainConfig":
+        """`config` (default: TrainConfig()) with `overrides` (keyword arguments named as the fields)."""
+        if config is not None and not isinstance(config, TrainConfig):
+            raise ValueError(f"config: expected a saelab.TrainConfig or None, got {type(config).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {unknown}; training settings are {sorted(names)}")
+        return dataclasses.replace(config or cls(), **overrides)
+
+    def n_steps(self, n: int) -> int:
+        """How many steps training on `n` rows takes."""
+        return n_steps(n, self.batch_size, self.epochs, self.steps)
+
+    def metadata(self, n: int) -> dict:
+        """The settings as recorded in `sae.metadata` (JSON-able, saved in cfg.json)."""
+        return {"optimizer": "Adam", "lr": self.lr, "batch_size": self.batch_size,
+                "epochs": self.epochs if self.steps is None else None, "steps": self.n_steps(n),
+                "seed": self.seed, "n_train_tokens": n}
 
 
-def _batch_indices(n_rows, batch_size, seed, epochs, steps):
-    generator = torch.Generator().manual_seed(seed)
-    made, epoch = 0, 0
-    while (epoch < epochs) if steps is None else (made < steps):
-        order = torch.randperm(n_rows, generator=generator)
-        for batch in order.split(batch_size):
-            if steps is not None and made == steps:
-                return
-            made += 1
-            yield batch
-        epoch += 1
+def source_metadata(activations) -> dict:
+    """Where single-layer `Activations` came from (model_name, layer, hook, hook_name); {} for a tensor."""
+    if not isinstance(activations, Activations):
+        return {}
+    from transformer_lens.utilities import get_act_name
+    return {"model_name": activations.model_name, "layer": activations.layer, "hook": activations.hook,
+            "hook_name": get_act_name(activations.hook, activations.layer)}
 
 
-def n_steps(n_rows: int, batch_size: int, epochs: int = 1, steps: int | None = None) -> int:
-    """How many batches `batch_indices` yields for these arguments."""
-    return steps if steps is not None else epochs * math.ceil(n_rows / batch_size)
+def adam(params, lr: float) -> torch.optim.Adam:
+    """The seed's optimizer (Adam, default betas and eps) over `params`; the fused kernel where torch
+    has one for the device (one pass over the weights instead of ~10), else the default implementation."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused Adam for this device / torch version
+        return torch.optim.Adam(params, lr=lr)
 
 
 @dataclass
-class TrainResult:
-    """What `train_sae` returns: the trained SAE, its loss history and its final metrics."""
+class StackedTraining:
+    """What `train_stacked` returns. histories: one DataFrame per SAE (HISTORY_COLUMNS, values on that
+    step's batch); seconds: the loop's wall time; steps_done / steps_planned; interrupted: True when
+    a KeyboardInterrupt ended it early (the SAEs hold the weights after `steps_done` steps)."""
+    histories: list
+    seconds: float
+    n_tokens: int
+    steps_done: int
+    steps_planned: int
+    interrupted: bool = False
+
+
+class _Stack:
+    """k tied SAEs' parameters stacked on one device: W [k, n_features, d_model], b_enc [k, n_features],
+    b_dec [k, d_model]; one Adam over the three."""
+
+    def __init__(self, saes: list[TiedSAE], coefs, lr: float, device):
+        with torch.no_grad():
+            self.W = torch.stack([s.encoder.weight for s in saes]).to(device)
+            self.b_enc = torch.stack([s.encoder.bias for s in saes]).to(device)
+            self.b_dec = torch.stack([s.decoder_bias for s in saes]).to(device)
+        self.saes, self.coefs = saes, [float(c) for c in coefs]
+        self.coef_t = torch.tensor(self.coefs, dtype=self.W.dtype, device=device)       # [k]
+        self.optimizer = adam([self.W, self.b_enc, self.b_dec], lr)
+        self._sparsity_grads: dict[int, torch.Tensor] = {}
+        self._all_finite = torch.ones((), dtype=torch.bool, device=device)
+        self._n_finite = torch.zeros((), dtype=torch.int64, device=device)  # leading steps with finite gradients
+
+    def sparsity_grad(self, rows: int) -> torch.Tensor:
+        """[k, 1, 1]: coef / (rows * n_features), in float64 first, as Python computes it for one SAE."""
+        if rows not in self._sparsity_grads:
+            n_features = self.W.shape[1]
+            self._sparsity_grads[rows] = torch.tensor([c / (rows * n_features) for c in self.coefs],
+                                                      dtype=self.W.dtype, device=self.W.device).view(-1, 1, 1)
+        return self._sparsity_grads[rows]
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, with_loss: bool):
+        """One Adam step on x [k, rows, d_model]; returns [k, 4] (loss, recon, sparsity, l0) when with_loss."""
+        rows, d_model = x.shape[1], x.shape[2]
+        features = torch.baddbmm(self.b_enc.unsqueeze(1), x, self.W.transpose(1, 2)).relu_()   # [k, rows, n_f]
+        grad_out = torch.baddbmm(self.b_dec.unsqueeze(1), features, self.W).sub_(x)          # reconstruction - x
+        values, recon = None, grad_out.pow(2).mean(dim=(1, 2))     # recon [k]: every step, to name a bad one
+        if with_loss:
+            sparsity = features.mean(dim=(1, 2))
+            l0 = (features > 0).sum(dim=-1, dtype=torch.float32).mean(dim=-1)
+            values = torch.stack([recon + self.coef_t * sparsity, recon, sparsity, l0.to(recon.dtype)], dim=1)
+        grad_out.mul_(2.0 / (rows * d_model))                                                # d loss / d recon
+        self.W.grad, self.b_enc.grad, self.b_dec.grad, _ = tied_gradients(
+            x, self.W, features, grad_out, self.sparsity_grad(rows))
+        self.optimizer.step()
+        self._all_finite &= torch.isfinite(recon).all() & torch.isfinite(self.b_dec.grad).all()
+        self._n_finite += self._all_finite
+        return values
+
+    def first_bad_step(self) -> int:
+        """The first step whose loss was not finite (counted on the device, without waiting on it)."""
+        return int(self._n_finite) + 1
+
+    def finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in (self.W, self.b_enc, self.b_dec))
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy the stacked weights into the SAEs (their last finite state, when called after a check)."""
+        for i, sae in enumerate(self.saes):
+            sae.encoder.weight.copy_(self.W[i])
+            sae.encoder.bias.copy_(self.b_enc[i])
+            sae.decoder_bias.copy_(self.b_dec[i])
+
+
+def _check_sources_finite(sources: list, names: list[str]) -> None:
+    seen = set()
+    for source, name in zip(sources, names):
+        if id(source) in seen:
+            continue
+        seen.add(id(source))
+        row = find_nonfinite_row(source)
+        if row is not None:
+            raise ValueError(f"{name}: row {row} contains NaN or inf; training would corrupt the SAE, so it did "
+                             f"not start (the SAE is unchanged). Remove or fix the non-finite rows first")
+
+
+def _batch(sources: list, index: torch.Tensor, k: int, device, dtype) -> torch.Tensor:
+    """x [k, rows, d_model]: one gather expanded when every SAE reads the same source, else stacked."""
+    if all(s is sources[0] for s in sources):
+        x = gather_rows(sources[0], index).to(device=device, dtype=dtype, non_blocking=True)
+        return x.expand(k, *x.shape)
+    return torch.stack([gather_rows(s, index) for s in sources]).to(device=device, dtype=dtype)
+
+
+def _raise_diverged(loss: float, step: int, last_good: int, lr: float, histories) -> None:
+    """FloatingPointError naming the first non-finite step; the SAEs already hold the last finite
+    logged state (`histories` are attached to the error)."""
+    error = FloatingPointError(
+        f"training diverged: the loss became {loss} at step {step}; the SAE was restored to its last finite "
+        f"state (after step {last_good}). Try a lower lr (e.g. lr={lr / 10:g} instead of {lr:g})")
+    error.histories = histories
+    raise error
+
+
+def _warn_if_diverging(histories, first_loss: list[float], coefs, lr: float) -> None:
+    for i, h in enumerate(histories):
+        if len(h) and math.isfinite(first_loss[i]) and h["loss"].max() > DIVERGENCE_FACTOR * max(first_loss[i], 1e-30):
+            worst = h.loc[h["loss"].idxmax()]
+            which = f" (sparsity_coef {coefs[i]:g})" if len(histories) > 1 else ""
+            warnings.warn(f"training diverged{which}: the loss reached {worst['loss']:.3g} at step {int(worst['step'])}, "
+                          f"over {DIVERGENCE_FACTOR:g}x its first value ({first_loss[i]:.3g}); the SAE is finite but "
+                          f"probably useless. Try a lower lr (e.g. lr={lr / 10:g} instead of {lr:g})",
+                          RuntimeWarning, stacklevel=3)
+
+
+def train_stacked(saes: list[TiedSAE], sources: list, coefs, config: TrainConfig, trainer: str = "saelab.train_sae",
+                  desc: str = "training SAE", names: list[str] | None = None) -> StackedTraining:
+    """Train `saes[k]` on `sources[k]` with sparsity coefficient `coefs[k]`, all at once (the one trainer core).
+
+    sources: single-layer Activations or float tensors [n_tokens, d_model] with the same number of
+    rows (the same object for a sweep: each batch is gathered once; one per layer for
+    `compare_layers`); names: their argument names for messages. The SAEs are updated in place, left
+    in eval mode on `config.device`, with the settings in their metadata (`trainer`: who trained it).
+    """
+    names = names or ["activations"] * len(saes)
+    _check_sources_finite(sources, names)
+    n = n_rows(sources[0])
+    total = config.n_steps(n)
+    batches = batch_indices(n, config.batch_size, config.seed, config.epochs, config.steps)
+    dev = resolve_device(config.device)
+    for sae in saes:
+        sae.to(dev).train()
+    stack = _Stack(saes, coefs, config.lr, dev)
+    records: list[list] = [[] for _ in saes]
+    first_loss, done, last_good, n_tokens, interrupted = None, 0, 0, 0, False
+    bar = progress_bar(total=total, progress=config.progress, desc=desc, unit="step")
+    start = time.perf_counter()
+    try:
+        for step, index in enumerate(batches, 1):
+            x = _batch(sources, index, len(saes), dev, stack.W.dtype)
+            log = step % config.log_every == 0 or step == total
+            values = stack.step(x, with_loss=log or step == 1)
+            done, n_tokens = step, n_tokens + x.shape[1]
+            bar.update(1)
+            if values is None:
+                continue
+            values = values.tolist()
+            first_loss = first_loss or [v[0] for v in values]
+            bad = [v[0] for v in values if not all(math.isfinite(u) for u in v[:3])]
+            if bad:
+                _raise_diverged(bad[0], stack.first_bad_step(), last_good, config.lr, _histories(records))
+            if log:
+                for i, v in enumerate(values):
+                    records[i].append((step, *v))
+                stack.write_back()
+                last_good = step
+                bar.set_postfix(recon=f"{values[0][1]:.4g}", l0=f"{values[0][3]:.1f}", refresh=False)
+    except KeyboardInterrupt:
+        interrupted = True
+        if stack.finite():
+            stack.write_back()
+            last_good = done
+        done = last_good
+    finally:
+        bar.close()
+        for sae in saes:
+            sae.eval()
+    seconds = time.perf_counter() - start
+    histories = _histories(records)
+    if first_loss:
+        _warn_if_diverging(histories, first_loss, stack.coefs, config.lr)
+    _record_settings(saes, sources, stack.coefs, config, trainer, n, done if interrupted else None)
+    return StackedTraining(histories, seconds, n_tokens, done, total, interrupted)
+
+
+def _record_settings(saes, sources, coefs, config: TrainConfig, trainer: str, n: int, interrupted_at) -> None:
+    """Each SAE's metadata: who trained it, its coefficient, the config, where its rows came from, and
+    `interrupted_at_step` when Ctrl-C stopped it (removed when a later run finishes)."""
+    for sae, source, coef in zip(saes, sources, coefs):
+        sae.metadata.update(trainer=trainer, sparsity_coef=coef, **config.metadata(n), **source_metadata(source))
+        sae.metadata.pop("interrupted_at_step", None)
+        if interrupted_at is not None:
+            sae.metadata["interrupted_at_step"] = interrupted_at
+
+
+def _histories(records) -> list[pd.DataFrame]:
+    return [pd.DataFrame(r, columns=list(HISTORY_COLUMNS)).astype({"step": "int64"}) for r in records]
+
+
+@dataclass(repr=False)
+class TrainResult(Result):
+    """What `train_sae` returns: the trained SAE, its loss history and its final metrics.
+
+    table (= history): step, loss, recon, sparsity, l0, one row every `log_every` steps (values on
+    that step's batch). seconds: the training loop only (not the final evaluation). interrupted:
+    True when Ctrl-C ended training early (the SAE holds the weights after `steps_done` steps).
+    """
     sae: TiedSAE
-    history: pd.DataFrame  # columns step, loss, recon, sparsity, l0 (values on that step's batch)
+    history: pd.DataFrame
     train_metrics: EvalResult | None
     eval_metrics: EvalResult | None
-    seconds: float  # the training loop only (not the final evaluation)
+    seconds: float
     tokens_per_second: float
+    config: TrainConfig | None = None
+    steps_done: int = 0
+    interrupted: bool = False
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return self.history
+
+    def summary(self) -> str:
+        h = self.history
+        tail = "" if not len(h) else f", final batch recon {fmt(h['recon'].iloc[-1])}, L0 {fmt(h['l0'].iloc[-1])}"
+        where = "" if self.eval_metrics is None else f"; held-out FVU {fmt(self.eval_metrics.fvu)}"
+        stop = " (INTERRUPTED)" if self.interrupted else ""
+        return (f"TrainResult: {self.steps_done} steps{stop} in {self.seconds:.1f}s, "
+                f"{self.tokens_per_second:,.0f} tokens/s{tail}{where}")
 
     def plot(self):
         """A matplotlib Figure: reconstruction loss and L0 against the training step."""
@@ -81,110 +345,37 @@ class TrainResult:
         plt.close(fig)  # returned for display, not left open in pyplot's state
         return fig
 
-    def __repr__(self) -> str:
-        last = self.history.iloc[-1] if len(self.history) else None
-        tail = "" if last is None else f", final recon={last['recon']:.4g}, l0={last['l0']:.1f}"
-        return (f"TrainResult({int(last['step']) if last is not None else 0} steps in {self.seconds:.1f}s, "
-                f"{self.tokens_per_second:,.0f} tokens/s{tail})")
 
-
-def train_sae(sae: TiedSAE, activations, sparsity_coef: float = 1e-3, lr: float = 1e-3, batch_size: int = 64,
-              epochs: int = 1, steps: int | None = None, seed: int = 0, device=None, progress: bool = True,
-              eval_activations=None, log_every: int = 10) -> TrainResult:
+def train_sae(sae: TiedSAE, activations, sparsity_coef: float = 1e-3, config: TrainConfig | None = None,
+              eval_activations=None, **overrides) -> TrainResult:
     """Train `sae` in place with Adam on the seed's loss (MSE + sparsity_coef * mean |features|).
 
     activations: a single-layer `Activations` or a float tensor [n_tokens, d_model], read batch by
     batch in the order of `batch_indices(n_tokens, batch_size, seed, epochs, steps)`.
+    config: a `TrainConfig`; overrides: any of its fields as keywords (lr=, batch_size=, epochs=,
+    steps=, seed=, device=, progress=, log_every=), e.g. `train_sae(sae, acts, 1e-3, steps=500)`.
     eval_activations: optional held-out rows for `eval_metrics` (`train_metrics` is always computed).
-    log_every: history rows every this many steps (and at the last step); only those steps wait for
-    the device. device: None picks cuda, then mps, then cpu; the SAE is moved there.
-    Same SAE initialisation and seed, same numbers. A NaN/inf loss raises FloatingPointError naming the
-    step. The settings are recorded in `sae.metadata` (saved with `sae.save`).
+    Same SAE initialisation and seed, same numbers. Faults (see the module docstring): non-finite
+    rows raise ValueError before any step; a NaN/inf loss raises FloatingPointError naming the step
+    with the SAE restored to its last finite logged state; Ctrl-C returns a result with
+    `interrupted=True`. The settings are recorded in `sae.metadata` (saved with `sae.save`).
     """
     if not isinstance(sae, TiedSAE):
         raise ValueError(f"sae: expected a saelab TiedSAE, got {describe(sae)}")
-    n = n_rows(activations)
-    width = d_model_of(activations)
-    if width != sae.d_model:
-        raise ValueError(f"activations: expected rows of width d_model = {sae.d_model} (the SAE's), got {width}")
-    if eval_activations is not None and d_model_of(eval_activations) != sae.d_model:
-        raise ValueError(f"eval_activations: expected rows of width d_model = {sae.d_model} (the SAE's), "
-                         f"got {d_model_of(eval_activations)}")
+    check_rows("activations", activations, sae.d_model)
+    if eval_activations is not None:
+        check_rows("eval_activations", eval_activations, sae.d_model)
     coef = check_float("sparsity_coef", sparsity_coef, minimum=0.0)
-    lr = check_float("lr", lr, minimum=0.0, strict=True)
-    check_int("log_every", log_every, minimum=1)
-    batches = batch_indices(n, batch_size, seed, epochs, steps)  # validates the rest
-    total = n_steps(n, batch_size, epochs, steps)
-    dev = resolve_device(device)
-    sae.to(dev).train()
-    dtype = sae.encoder.weight.dtype
-    optimizer = adam(sae.parameters(), lr)
-
-    records = []
-    all_finite = torch.ones((), dtype=torch.bool, device=dev)
-    n_finite = torch.zeros((), dtype=torch.int64, device=dev)  # leading steps with a finite loss
-    n_tokens = 0
-    bar = progress_bar(total=total, progress=progress, desc="training SAE", unit="step")
-    start = time.perf_counter()
-    try:
-        for step, index in enumerate(batches, 1):
-            x = gather_rows(activations, index).to(device=dev, dtype=dtype, non_blocking=True)
-            loss, recon, sparsity, features = sae._loss_terms(x, coef)
-            log = step % log_every == 0 or step == total
-            if log:
-                l0 = (features > 0).sum(dim=-1, dtype=torch.float32).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            all_finite &= torch.isfinite(loss)
-            n_finite += all_finite
-            n_tokens += x.shape[0]
-            bar.update(1)
-            if log:
-                values = torch.stack([loss.detach(), recon.detach(), sparsity.detach(), l0]).tolist()
-                if not all(math.isfinite(v) for v in values[:3]):
-                    raise_diverged(int(n_finite) + 1, lr, values[0])
-                records.append((step, *values))
-                bar.set_postfix(recon=f"{values[1]:.4g}", l0=f"{values[3]:.1f}", refresh=False)
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - start
-    sae.eval()
-    sae.metadata.update(training_metadata(activations, coef, lr, batch_size, epochs, steps, seed, total, n))
+    config = TrainConfig.build(config, **overrides)
+    if eval_activations is not None:
+        _check_sources_finite([eval_activations], ["eval_activations"])  # before training, not after it
+    run = train_stacked([sae], [activations], [coef], config)
+    if run.interrupted:
+        warnings.warn(f"training interrupted after step {run.steps_done} of {run.steps_planned}: the SAE holds "
+                      f"those weights (metadata['interrupted_at_step'] = {run.steps_done})", RuntimeWarning,
+                      stacklevel=2)
     return TrainResult(
-        sae=sae,
-        history=pd.DataFrame(records, columns=list(HISTORY_COLUMNS)).astype({"step": "int64"}),
-        train_metrics=evaluate(sae, activations),
+        sae=sae, history=run.histories[0], train_metrics=evaluate(sae, activations),
         eval_metrics=None if eval_activations is None else evaluate(sae, eval_activations),
-        seconds=seconds,
-        tokens_per_second=n_tokens / seconds if seconds > 0 else math.inf,
-    )
-
-
-def adam(params, lr: float) -> torch.optim.Adam:
-    """The seed's optimizer (Adam, default betas and eps) over `params`; the fused kernel where torch
-    has one for the device (one pass over the weights instead of ~10), else the default implementation.
-    `train_sae` and the stacked sparsity sweep both use it."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # no fused Adam for this device / torch version
-        return torch.optim.Adam(params, lr=lr)
-
-
-def raise_diverged(step: int, lr: float, loss: float):
-    raise FloatingPointError(
-        f"training diverged: the loss became {loss} at step {step}; try a lower lr (e.g. lr={lr / 10:g} "
-        f"instead of {lr:g}), and check that the activations are finite")
-
-
-def training_metadata(activations, coef, lr, batch_size, epochs, steps, seed, total, n) -> dict:
-    """What `train_sae` records in sae.metadata (JSON-able, saved in cfg.json)."""
-    meta = {"trainer": "saelab.train_sae", "optimizer": "Adam", "sparsity_coef": coef, "lr": lr,
-            "batch_size": batch_size, "epochs": epochs if steps is None else None, "steps": total,
-            "seed": seed, "n_train_tokens": n}
-    if isinstance(activations, Activations):
-        from transformer_lens.utilities import get_act_name
-        meta.update(model_name=activations.model_name, layer=activations.layer, hook=activations.hook,
-                    hook_name=get_act_name(activations.hook, activations.layer))
-    return meta
+        seconds=run.seconds, tokens_per_second=run.n_tokens / run.seconds if run.seconds > 0 else math.inf,
+        config=config, steps_done=run.steps_done, interrupted=run.interrupted)

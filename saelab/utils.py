@@ -1,8 +1,12 @@
-"""Small shared helpers: progress bars and argument validation with clear messages."""
+"""Small shared helpers: progress bars, value descriptions for messages, and token text for display.
+
+(Argument checks live in `saelab.validate`.)
+"""
 from __future__ import annotations
 
-import math
 import os
+import re
+import unicodedata
 from typing import Iterable
 
 import torch
@@ -29,22 +33,76 @@ def describe(value) -> str:
     return f"{type(value).__name__} {text if len(text) < 60 else text[:57] + '...'}"
 
 
-def check_int(name: str, value, minimum: int | None = None, allow_none: bool = False) -> int | None:
-    """`value` as an int >= minimum, else ValueError naming `name`."""
-    if value is None and allow_none:
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, inverted: the printable character standing for each byte -> byte."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
+
+_BYTE_LEVEL = _byte_level_alphabet()
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def token_text(tokenizer, token_id: int) -> str:
+    """One token's text for display: what the tokenizer decodes it to, except that bytes which are not
+    a whole UTF-8 character on their own (byte-level pieces of a multi-byte character, which decode to
+    U+FFFD) are shown as `<0x98>`. Without a tokenizer, the id as `<id>`."""
+    if tokenizer is None:
+        return f"<{int(token_id)}>"
+    token_id = int(token_id)
+    text = tokenizer.decode([token_id])
+    if "\ufffd" not in text:
+        return text
+    raw = _token_bytes(tokenizer, token_id)
+    if raw is None:
+        return f"{text}<{token_id}>"
+    decoded = raw.decode("utf-8", errors="surrogateescape")  # lone bytes become U+DC80..U+DCFF
+    return "".join(f"<0x{ord(c) - 0xDC00:02X}>" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in decoded)
+
+
+def _token_bytes(tokenizer, token_id: int) -> bytes | None:
+    """The raw bytes of a byte-level BPE token (GPT-2 style) or a `<0xNN>` byte-fallback piece, else None."""
+    piece = tokenizer.convert_ids_to_tokens(token_id)
+    if not isinstance(piece, str) or not piece:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        need = f"an int >= {minimum}" if minimum is not None else "an int"
-        raise ValueError(f"{name}: expected {need}{' or None' if allow_none else ''}, got {describe(value)}")
-    return value
+    match = _BYTE_PIECE.fullmatch(piece)
+    if match:
+        return bytes([int(match.group(1), 16)])
+    if all(c in _BYTE_LEVEL for c in piece):
+        return bytes(_BYTE_LEVEL[c] for c in piece)
+    return None
 
 
-def check_float(name: str, value, minimum: float | None = None, strict: bool = False) -> float:
-    """`value` as a finite float (>= minimum, or > minimum when strict), else ValueError naming `name`."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and minimum is not None:
-        ok = value > minimum if strict else value >= minimum
-    if not ok:
-        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum}"
-        raise ValueError(f"{name}: expected a finite number{bound}, got {describe(value)}")
-    return float(value)
+def visible_token(token: str) -> str:
+    """A token as displayed everywhere (cards, top examples, logit lists): newline as ⏎, tab as ⇥, other
+    control characters escaped (\\x18), invisible format characters as \\u200b, and in a token made only
+    of whitespace each space as a middle dot (·); a leading space in a word token stays a space.
+    (Bytes that are not a whole character come as `<0x98>` from `utils.token_text`.)"""
+    shown = token.replace("\r", "").replace("\n", "⏎").replace("\t", "⇥")
+    shown = "".join(_escaped(c) for c in shown)
+    return shown.replace(" ", "·") if token and not token.strip() else shown
+
+
+def _escaped(char: str) -> str:
+    category = unicodedata.category(char)
+    if category == "Cc":
+        return f"\\x{ord(char):02x}"
+    if category in ("Cf", "Zl", "Zp") or (category == "Zs" and char != " "):
+        return f"\\u{ord(char):04x}"
+    return char
+
+
+def __getattr__(name: str):
+    """`check_int` and `check_float` moved to `saelab.validate`; this forwards the old import path
+    (`from saelab.utils import check_int`) until every module imports them from there."""
+    if name in ("check_int", "check_float"):
+        from . import validate
+        return getattr(validate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

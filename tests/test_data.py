@@ -1,5 +1,7 @@
 """The shipped texts and the lab's prompts."""
+import ast
 import gzip
+from pathlib import Path
 
 import pytest
 
@@ -27,9 +29,42 @@ def test_max_texts_is_a_prefix():
     assert data.load_texts("train", max_texts=5) == data.load_texts("train")[:5]
 
 
-def test_seed_prompts():
-    assert len(data.SEED_PROMPTS) == 5 and data.SEED_PROMPTS[0] == "The capital of France is Paris."
-    assert set(data.TEST_PROMPTS) == {"Code", "Question", "Emotion", "Factual"}
+def _original_notebook() -> str | None:
+    """The original notebook's text, where this checkout has it (the lab's shared reference folder)."""
+    root = Path(__file__).resolve().parents[1]
+    for folder in (root.parent / "shared", root / "shared", root.parent.parent / "shared"):
+        path = folder / "reference" / "lab_c4_seed.txt"
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    return None
+
+
+def _literal_after(text: str, marker: str):
+    """The Python literal ([...] or {...}) assigned after `marker` in the notebook's text."""
+    start = text.index(marker) + len(marker)
+    opening = text[start:].lstrip()[0]
+    closing = {"[": "]", "{": "}"}[opening]
+    body = text[text.index(opening, start):]
+    return ast.literal_eval(body[:body.index(closing) + 1])
+
+
+def test_notebook_prompts_are_the_original_notebooks():
+    text = _original_notebook()
+    if text is None:
+        pytest.skip("the original notebook (shared/reference/lab_c4_seed.txt) is not in this checkout")
+    assert data.NOTEBOOK_PROMPTS == tuple(_literal_after(text, "prompts ="))
+    assert data.TEST_PROMPTS == _literal_after(text, "test_prompts =")
+
+
+def test_notebook_prompts_give_rows_on_the_tiny_model(model):
+    """Each prompt is its own text with tokens after BOS; the layer comparison's test prompts are not
+    training prompts; the old name still points at the same tuple."""
+    assert len(set(data.NOTEBOOK_PROMPTS)) == len(data.NOTEBOOK_PROMPTS) == 5
+    assert not set(data.TEST_PROMPTS.values()) & set(data.NOTEBOOK_PROMPTS)
+    for prompt in data.NOTEBOOK_PROMPTS + tuple(data.TEST_PROMPTS.values()):
+        assert model.to_tokens(prompt).shape[1] > 2, prompt
+    assert sum("def " in p for p in data.NOTEBOOK_PROMPTS) == 1 and data.TEST_PROMPTS["Code"].startswith("def ")
+    assert data.SEED_PROMPTS is data.NOTEBOOK_PROMPTS
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -158,7 +158,8 @@ def test_context_length_limits_the_counted_predictions(model):
     (dict(layer=99), r"layer: expected an int in \[0, 3\]"),
     (dict(layer=0, hook="nonsense"), r"hook: expected a hook name"),
     (dict(layer=0, texts=[]), r"texts: expected a non-empty list of strings"),
-    (dict(layer=0, texts=[1, 2]), r"texts: expected a non-empty list of strings"),
+    (dict(layer=0, texts=[1, 2]), r"texts\[0\]: expected a str, got int 1"),
+    (dict(layer=1.0), r"layer: expected an int \(a layer number"),
     (dict(layer=0, context_length=10_000), r"context_length: expected at most the model's n_ctx"),
     (dict(layer=0, context_length=1), r"context_length: expected an int >= 2"),
     (dict(layer=0, batch_size=0), r"batch_size: expected an int >= 1"),
@@ -168,3 +169,27 @@ def test_ce_loss_recovered_bad_inputs(model, kwargs, match):
     kwargs = {"texts": TEXTS, **kwargs}
     with pytest.raises(ValueError, match=match):
         ce_loss_recovered(model, _identity_sae(model.cfg.d_model), **kwargs)
+
+
+# --------------------------------------------------------------------------- the SAE interface
+
+def test_as_sae_admits_a_tied_sae_with_the_whole_interface():
+    from saelab.sae_interface import as_sae
+
+    sae = TiedSAE(6, 10, seed=0)
+    assert as_sae("sae", sae) is sae
+    assert (sae.d_in, sae.d_sae) == (6, 10) and sae.b_dec is sae.decoder_bias and sae.W_dec.shape == (10, 6)
+    assert sae.hook_name is None and sae.layer is None
+    sae.metadata.update(hook_name="blocks.2.hook_resid_post", layer=2)
+    assert sae.hook_name == "blocks.2.hook_resid_post" and sae.layer == 2
+    for name in ("d_in", "d_sae", "b_dec", "hook_name", "layer"):
+        with pytest.raises(AttributeError):
+            setattr(sae, name, 1)
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode_unchecked(x), sae.encode(x), rtol=0, atol=0)
+        f = sae.encode(x)
+        torch.testing.assert_close(sae.decode_unchecked(f), sae.decode(f), rtol=0, atol=0)
+    for bad in (torch.nn.Linear(6, 10), "sae", None):
+        with pytest.raises(ValueError, match=r"^model_sae: expected a saelab TiedSAE, got "):
+            as_sae("model_sae", bad)

@@ -75,7 +75,12 @@ def test_result_history_metrics_and_metadata():
     assert result.history["step"].tolist() == [10, 20, 25]
     assert (result.history["l0"] >= 0).all() and (result.history["l0"] <= N).all()
     assert result.train_metrics.n_tokens == 300 and result.eval_metrics.n_tokens == 100
-    assert result.seconds > 0 and result.tokens_per_second > 0
+    # the timer covers the loop only: tokens per second is the rows trained on over that time
+    n_trained = sum(len(b) for b in batch_indices(300, 32, seed=0, steps=25))  # 300 rows: epochs end short
+    assert result.tokens_per_second == pytest.approx(n_trained / result.seconds, rel=1e-6)
+    assert result.table is result.history and result.steps_done == 25 and not result.interrupted
+    assert result.summary().startswith("TrainResult: 25 steps in ")
+    assert "recon" in repr(result) and "<table" in result._repr_html_()
     # the trained SAE reconstructs better than its initialisation (same init: sae seed 0)
     start_mse = torch.nn.functional.mse_loss(before(data)[0], data).item()
     assert result.train_metrics.mse < start_mse
@@ -126,21 +131,136 @@ def test_training_on_activations_matches_the_tensor_and_records_provenance(model
     assert "hook_name" not in from_rows.sae.metadata
 
 
-def test_non_finite_loss_stops_naming_the_step():
+def test_non_finite_rows_are_refused_before_any_step_leaving_the_sae_unchanged():
     data = _data(n=64)
-    bad_row = 37
-    data[bad_row] = float("inf")
-    order = list(batch_indices(64, 8, seed=0))
-    bad_step = next(i for i, b in enumerate(order, 1) if bad_row in b.tolist())
-    with pytest.raises(FloatingPointError, match=rf"at step {bad_step}; try a lower lr"):
-        train_sae(TiedSAE(D, N, seed=0), data, batch_size=8, epochs=1, seed=0, device="cpu", progress=False,
-                  log_every=100)
+    data[37, 2] = float("nan")
+    sae, before = TiedSAE(D, N, seed=0), TiedSAE(D, N, seed=0)
+    with pytest.raises(ValueError, match=r"activations: row 37 contains NaN or inf; .*\(the SAE is unchanged\)"):
+        train_sae(sae, data, batch_size=8, seed=0, device="cpu", progress=False)
+    for p, q in zip(sae.parameters(), before.parameters()):
+        assert torch.equal(p, q)
+    held_out = _data(n=20)
+    held_out[5] = float("inf")
+    with pytest.raises(ValueError, match=r"eval_activations: row 5 contains NaN or inf"):
+        train_sae(sae, _data(n=64), eval_activations=held_out, steps=3, device="cpu", progress=False)
+    assert sae.metadata == {}  # refused before training: nothing recorded
 
 
-def test_overflowing_loss_stops_at_step_one_suggesting_a_lower_lr():
-    data = _data(n=64) * 1e18  # squares overflow float32
-    with pytest.raises(FloatingPointError, match=r"step 1; try a lower lr \(e.g. lr=0.1 instead of 1\)"):
-        train_sae(TiedSAE(D, N, seed=0), data, lr=1.0, steps=3, device="cpu", progress=False)
+def test_overflowing_loss_stops_naming_the_step_and_restores_the_last_finite_state():
+    data = _data(n=64) * 1e18  # finite rows whose squares overflow float32
+    sae = TiedSAE(D, N, seed=0)
+    start = sae.encoder.weight.detach().clone()
+    with pytest.raises(FloatingPointError, match=r"step 1; the SAE was restored to its last finite state "
+                                                 r"\(after step 0\)\. Try a lower lr \(e.g. lr=0.1 instead of 1\)"):
+        train_sae(sae, data, lr=1.0, steps=3, device="cpu", progress=False)
+    assert torch.equal(sae.encoder.weight, start) and not sae.training
+
+
+def test_nan_mid_training_names_the_first_bad_step_and_keeps_the_last_logged_weights():
+    """A loss that overflows at step 12 (after a finite log at step 10): the error names step 12,
+    the SAE holds the weights of step 10, and the partial history is attached."""
+    calls = {"n": 0}
+    import saelab.train as train_module
+    real = train_module.gather_rows
+
+    def gather(source, index):
+        calls["n"] += 1
+        rows = real(source, index)
+        return rows * 1e20 if calls["n"] == 12 else rows
+    reference = _train(steps=10, batch_size=8, log_every=5)
+    train_module.gather_rows = gather
+    try:
+        sae = TiedSAE(D, N, seed=0)
+        with pytest.raises(FloatingPointError, match=r"at step 12; .*\(after step 10\)") as info:
+            train_sae(sae, _data(), steps=30, batch_size=8, seed=0, device="cpu", progress=False, log_every=5)
+    finally:
+        train_module.gather_rows = real
+    for p, q in zip(sae.parameters(), reference.sae.parameters()):
+        assert torch.equal(p, q)
+    assert info.value.histories[0]["step"].tolist() == [5, 10]
+    assert torch.isfinite(sae.encoder.weight).all() and not sae.training
+
+
+def test_finite_divergence_warns_and_returns_a_finite_sae():
+    with pytest.warns(RuntimeWarning, match=r"training diverged: the loss reached .* over 100x its first value"):
+        result = _train(lr=1e3, steps=60)
+    assert all(torch.isfinite(p).all() for p in result.sae.parameters())
+    ordinary = _train(lr=1e-3, steps=60)
+    assert result.history["recon"].iloc[-1] > 1e4 * ordinary.history["recon"].iloc[-1]
+    with warnings_as_errors():
+        _train(lr=1e-3, steps=60)  # an ordinary run does not warn
+
+
+class _InterruptAt:
+    """Rows whose 5th gather raises KeyboardInterrupt (Ctrl-C in the middle of step 5)."""
+    def __init__(self, rows, step):
+        self.rows, self.step, self.calls = rows, step, 0
+
+    def __call__(self, source, index):
+        self.calls += 1
+        if self.calls == self.step:
+            raise KeyboardInterrupt
+        return self.rows.index_select(0, index)
+
+
+def test_keyboard_interrupt_returns_the_partial_result_with_the_sae_usable(monkeypatch):
+    import saelab.train as train_module
+
+    data = _data()
+    monkeypatch.setattr(train_module, "gather_rows", _InterruptAt(data, 5))
+    sae = TiedSAE(D, N, seed=0)
+    with pytest.warns(RuntimeWarning, match=r"training interrupted after step 4 of 30"):
+        result = train_sae(sae, data, steps=30, batch_size=32, seed=0, device="cpu", progress=False, log_every=2)
+    monkeypatch.undo()
+    assert result.interrupted and result.steps_done == 4 and "INTERRUPTED" in result.summary()
+    assert result.history["step"].tolist() == [2, 4]
+    assert sae.metadata["interrupted_at_step"] == 4 and sae.metadata["steps"] == 30 and not sae.training
+    # the SAE holds exactly the weights of 4 uninterrupted steps, and trains on normally afterwards
+    four = _train(steps=4, batch_size=32, log_every=2)
+    for p, q in zip(sae.parameters(), four.sae.parameters()):
+        assert torch.equal(p, q)
+    assert result.train_metrics.mse == pytest.approx(four.train_metrics.mse)
+    again = train_sae(sae, data, steps=3, device="cpu", progress=False)
+    assert "interrupted_at_step" not in again.sae.metadata
+
+
+def test_config_and_keywords_give_the_same_run_and_bad_fields_are_named():
+    from saelab.train import TrainConfig
+
+    config = TrainConfig(steps=30, batch_size=32, device="cpu", progress=False, log_every=10)
+    a = train_sae(TiedSAE(D, N, seed=0), _data(), config=config)
+    b = _train()
+    assert a.history.equals(b.history) and a.config == b.config == config
+    c = train_sae(TiedSAE(D, N, seed=0), _data(), config=config, lr=3e-3)  # a keyword overrides the config
+    assert c.config.lr == 3e-3 and not c.history.equals(a.history)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['learning_rate'\]"):
+        train_sae(TiedSAE(D, N), _data(), learning_rate=1e-3)
+    with pytest.raises(ValueError, match=r"config: expected a saelab.TrainConfig or None, got dict"):
+        train_sae(TiedSAE(D, N), _data(), config={"lr": 1e-3})
+    with pytest.raises(dataclasses_frozen_error()):
+        config.lr = 1.0
+    import numpy as np
+    numpy_config = TrainConfig(lr=np.float64(1e-3), batch_size=np.int64(32), steps=np.int32(30))
+    assert type(numpy_config.batch_size) is int and type(numpy_config.lr) is float and numpy_config.steps == 30
+
+
+def warnings_as_errors():
+    import warnings
+    ctx = warnings.catch_warnings()
+
+    class _Ctx:
+        def __enter__(self):
+            ctx.__enter__()
+            warnings.simplefilter("error")
+
+        def __exit__(self, *exc):
+            return ctx.__exit__(*exc)
+    return _Ctx()
+
+
+def dataclasses_frozen_error():
+    import dataclasses
+    return dataclasses.FrozenInstanceError
 
 
 @pytest.mark.parametrize("kwargs, match", [

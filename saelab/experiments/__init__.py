@@ -1,12 +1,17 @@
-"""The seed notebook's three exercises as one-line functions with structured, plottable results.
+"""The original notebook's three exercises as one-line functions with structured, plottable results.
 
 - `sparsity_sweep`: one tied SAE per sparsity coefficient, trained together in one stacked model.
 - `feature_correlation`: which features fire together (streaming Pearson correlation).
 - `compare_layers`: early vs late layer SAEs, with FVU so that layers compare fairly.
+
+`notebook_layers(n_layers)` and `notebook_layer(n_layers)` give the original notebook's layers
+(2 and 10, and 6, of GPT-2 small's 12) scaled to a model's depth.
 """
 from saelab.experiments.correlation import CorrelationResult, feature_correlation
-from saelab.experiments.layers import LayerComparison, compare_layers, seed_layers, seed_sweep_layer
+from saelab.experiments.layers import LayerComparison, compare_layers, notebook_layer, notebook_layers
+from saelab.experiments.layers import seed_layers, seed_sweep_layer  # old names: the lab source still uses them
 from saelab.experiments.sparsity import SweepResult, sparsity_sweep
 
 __all__ = ["sparsity_sweep", "SweepResult", "feature_correlation", "CorrelationResult",
-           "compare_layers", "LayerComparison", "seed_layers", "seed_sweep_layer"]
+           "compare_layers", "LayerComparison", "notebook_layers", "notebook_layer",
+           "seed_layers", "seed_sweep_layer"]

@@ -1,12 +1,11 @@
 """Exercise 2, co-activating features: Pearson correlation of SAE features across tokens.
 
-The seed builds the dense [n_tokens, n_features] feature matrix and calls `np.corrcoef`. Here the
+The original notebook builds the dense [n_tokens, n_features] feature matrix and calls `np.corrcoef`. Here the
 features are encoded batch by batch and only float64 sums and cross products of the selected
 features are kept, so memory grows with the number of selected features, not with the tokens.
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -15,15 +14,16 @@ import pandas as pd
 import torch
 
 from saelab.activations import iter_row_batches
-from saelab.experiments.sparsity import TableReport, check_activations_rows
-from saelab.metrics import _check_sae, evaluate
-from saelab.sae import TiedSAE
-from saelab.utils import check_float, check_int, describe, progress_bar
+from saelab.metrics import evaluate
+from saelab.results import Result, fmt, pct
+from saelab.sae_interface import as_sae
+from saelab.utils import describe, progress_bar
+from saelab.validate import check_float, check_int, check_rows
 
 PAIR_COLUMNS = ("feature_i", "feature_j", "correlation", "decoder_cosine", "density_i", "density_j")
-SEED_MIN_DENSITY = 0.01  # the seed keeps features active on more than 1% of tokens
-SEED_TOP_K = 10
-SEED_MAX_HEATMAP = 100   # the seed draws the matrix only when it has at most 100 features
+NOTEBOOK_MIN_DENSITY = 0.01  # the original notebook keeps features active on more than 1% of tokens
+NOTEBOOK_TOP_K = 10
+NOTEBOOK_MAX_HEATMAP = 100   # it draws the matrix only when it has at most 100 features
 _CONSTANT_TOL = 1e-12    # variance below this fraction of the second moment counts as constant
 
 
@@ -81,8 +81,8 @@ def _selected(density: torch.Tensor, min_density: float) -> np.ndarray:
     return torch.nonzero(density > min_density).flatten().cpu().numpy()
 
 
-def top_correlated_pairs(features: torch.Tensor, k: int = SEED_TOP_K,
-                         min_density: float = SEED_MIN_DENSITY) -> list[tuple[int, int, float]]:
+def top_correlated_pairs(features: torch.Tensor, k: int = NOTEBOOK_TOP_K,
+                         min_density: float = NOTEBOOK_MIN_DENSITY) -> list[tuple[int, int, float]]:
     """The k most correlated feature pairs of a dense feature matrix [n_tokens, n_features], as
     [(i, j, corr)] with i < j feature ids, highest first, among features active (> 0) on more than
     `min_density` of the rows; constant features are left out. The reference for `check_top_pairs`;
@@ -101,7 +101,7 @@ def top_correlated_pairs(features: torch.Tensor, k: int = SEED_TOP_K,
 
 
 @dataclass(repr=False)
-class CorrelationResult(TableReport):
+class CorrelationResult(Result):
     """What `feature_correlation` returns.
 
     table: the top pairs: feature_i < feature_j, correlation, decoder_cosine (cosine similarity of
@@ -109,6 +109,7 @@ class CorrelationResult(TableReport):
     matrix: [m, m] float64 Pearson correlation among `features` (the m feature ids that passed).
     density: [n_features] fraction of tokens on which each feature is active.
     constant_features: ids that passed min_density but never vary (left out of the pairs).
+    Pairs with equal correlation are ordered by feature id (feature_i, then feature_j).
     """
     table: pd.DataFrame
     matrix: np.ndarray
@@ -118,13 +119,16 @@ class CorrelationResult(TableReport):
     n_tokens: int
     constant_features: list[int] = field(default_factory=list)
 
+    caption = ("correlation: Pearson r of the two features' activations across tokens; decoder_cosine: cosine "
+               "similarity of their decoder directions; density: fraction of tokens where each is active.")
+
     @property
     def message(self) -> str | None:
         """Why there is nothing to show, or None."""
         if len(self.features) == 0:
             top = float(self.density.max()) if self.density.numel() else 0.0
-            return (f"No feature is active on more than {self.min_density:.2%} of the {self.n_tokens:,} tokens "
-                    f"(the most active: {top:.2%}); lower min_density or train the SAE longer.")
+            return (f"No feature is active on more than {pct(self.min_density)} of the {self.n_tokens:,} tokens "
+                    f"(the most active: {pct(top)}); lower min_density or train the SAE longer.")
         if self.table.empty:
             return (f"Only {len(self.features) - len(self.constant_features)} varying feature(s) passed "
                     f"min_density = {self.min_density:g}: no pair to correlate.")
@@ -136,10 +140,10 @@ class CorrelationResult(TableReport):
         top = self.table.iloc[0]
         const = f", {len(self.constant_features)} constant left out" if self.constant_features else ""
         return (f"Feature correlation: {len(self.features)} of {len(self.density)} features active on more than "
-                f"{self.min_density:.2%} of {self.n_tokens:,} tokens{const}; top pair {int(top.feature_i)} ↔ "
-                f"{int(top.feature_j)} (r = {top.correlation:.3f}, decoder cosine {top.decoder_cosine:.3f})")
+                f"{pct(self.min_density)} of {self.n_tokens:,} tokens{const}; top pair {int(top.feature_i)} ↔ "
+                f"{int(top.feature_j)} (r = {fmt(top.correlation)}, decoder cosine {fmt(top.decoder_cosine)})")
 
-    def heatmap_features(self, max_features: int = SEED_MAX_HEATMAP) -> np.ndarray:
+    def heatmap_features(self, max_features: int = NOTEBOOK_MAX_HEATMAP) -> np.ndarray:
         """The feature ids `heatmap` shows: all when at most max_features passed, else the features of
         the top pairs first, then the most active ones, up to max_features; sorted by id."""
         check_int("max_features", max_features, minimum=2)
@@ -154,7 +158,7 @@ class CorrelationResult(TableReport):
                 chosen.append(int(f))
         return np.array(sorted(chosen[:max_features]), dtype=np.int64)
 
-    def heatmap(self, max_features: int = SEED_MAX_HEATMAP):
+    def heatmap(self, max_features: int = NOTEBOOK_MAX_HEATMAP):
         """The correlation matrix (at most max_features features: see `heatmap_features`) on a
         diverging scale centred on 0 (RdBu_r, -1 to 1), feature ids as tick labels. A matplotlib
         Figure; with nothing to show, a figure that says why."""
@@ -182,14 +186,9 @@ class CorrelationResult(TableReport):
         plt.close(fig)
         return fig
 
-    def plot(self, max_features: int = SEED_MAX_HEATMAP):
+    def plot(self, max_features: int = NOTEBOOK_MAX_HEATMAP):
         """Same as `heatmap`."""
         return self.heatmap(max_features)
-
-    def _repr_html_(self) -> str:
-        if self.message and len(self.features) == 0:
-            return f"<p><b>Feature correlation:</b> {html.escape(self.message)}</p>"
-        return super()._repr_html_()
 
 
 def _wrap(text: str, width: int) -> list[str]:
@@ -198,20 +197,22 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 @torch.no_grad()
-def feature_correlation(sae: TiedSAE, activations, min_density: float = SEED_MIN_DENSITY, top_k: int = SEED_TOP_K,
+def feature_correlation(sae, activations, min_density: float = NOTEBOOK_MIN_DENSITY, top_k: int = NOTEBOOK_TOP_K,
                         batch_size: int = 4096, progress: bool = True) -> CorrelationResult:
     """Which features fire together: Pearson correlation of feature activations across tokens (the
-    seed's exercise 2), among the features active on more than `min_density` of the tokens (the
-    seed's 1%), and the `top_k` (10) most correlated distinct pairs.
+    original notebook's exercise 2), among the features active on more than `min_density` of the
+    tokens (its 1%), and the `top_k` (10) most correlated distinct pairs.
 
-    activations: a single-layer `Activations` or a float tensor [n_tokens, d_model], read twice in
+    sae: any SAE with saelab's SAE interface (`sae_interface.as_sae`).
+    activations: a single-layer `Activations` or a float tensor [n_tokens, d_in], read twice in
     batches of `batch_size`: once for the densities (`metrics.evaluate`), once for float64 sums and
     cross products of the selected features (memory [m, m], independent of n_tokens). Equals
-    `np.corrcoef` on the dense feature matrix. Constant features (zero variance) are reported in
-    `constant_features` and left out of the pairs. Returns a `CorrelationResult` (.table, .heatmap()).
+    `np.corrcoef` on the dense feature matrix; equal correlations are ordered by feature id.
+    Constant features (zero variance) are reported in `constant_features` and left out of the pairs.
+    Returns a `CorrelationResult` (.table, .heatmap()).
     """
-    _check_sae(sae)
-    n = check_activations_rows("activations", activations, sae.d_model)
+    sae = as_sae("sae", sae)
+    n = check_rows("activations", activations, sae.d_in)
     min_density = check_float("min_density", min_density, minimum=0.0)
     if min_density >= 1:
         raise ValueError(f"min_density: expected a fraction of tokens in [0, 1), got {min_density!r}")
@@ -220,13 +221,13 @@ def feature_correlation(sae: TiedSAE, activations, min_density: float = SEED_MIN
 
     density = evaluate(sae, activations, batch_size=batch_size).feature_density    # [n_features]
     ids = _selected(density, min_density)
-    weight = sae.encoder.weight
+    weight = sae.W_dec
     moments = _Comoments(len(ids), weight.device)
     if len(ids):
         index = torch.as_tensor(ids, dtype=torch.int64, device=weight.device)
         for batch in _progress(iter_row_batches(activations, batch_size), n, batch_size, progress):
             x = batch.to(device=weight.device, dtype=weight.dtype)
-            moments.add(sae._encode(x).index_select(1, index))
+            moments.add(sae.encode_unchecked(x).index_select(1, index))
     corr, constant = moments.correlation()
     pairs = _pairs(corr, ids, top_k, constant)
     directions = torch.nn.functional.normalize(weight.detach().double(), dim=1)

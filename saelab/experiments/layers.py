@@ -2,8 +2,8 @@
 
 The seed compares layers 2 and 10 of GPT-2 small's 12 by raw reconstruction loss; the residual
 stream's norm grows with depth, so raw MSE is not comparable across layers. The table reports the
-fraction of variance unexplained (FVU) beside it. `seed_layers` and `seed_sweep_layer` map the
-seed's layers onto a model of any depth.
+fraction of variance unexplained (FVU) beside it. `notebook_layers` and `notebook_layer` map the
+original notebook's layers onto a model of any depth.
 """
 from __future__ import annotations
 
@@ -13,18 +13,21 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from saelab.activations import Activations, collect_activations, iter_row_batches
+from saelab.activations import Activations, iter_row_batches
+from saelab.collect import collect_activations
 from saelab.data import TEST_PROMPTS
-from saelab.experiments.sparsity import SEED_BATCH_SIZE, SEED_EPOCHS, SEED_FEATURES_PER_DIM, SEED_LR, TableReport, \
-    _train_stacked
+from saelab.experiments.sparsity import NOTEBOOK_BATCH_SIZE, NOTEBOOK_EPOCHS, NOTEBOOK_FEATURES_PER_DIM, NOTEBOOK_LR
 from saelab.metrics import EvalResult, evaluate
+from saelab.results import Result, format_table, fmt
 from saelab.sae import TiedSAE
-from saelab.utils import check_float, check_int, describe, progress_bar
+from saelab.train import TrainConfig, train_stacked
+from saelab.utils import describe, progress_bar
+from saelab.validate import check_float, check_int, check_layers, check_model
 
-SEED_N_LAYERS = 12          # GPT-2 small, the seed's model
-SEED_COMPARE_LAYERS = (2, 10)
-SEED_SWEEP_LAYER = 6
-SEED_LAYER_COEF = 5e-4      # the seed's coefficient for exercises 2 and 3
+NOTEBOOK_N_LAYERS = 12          # GPT-2 small, the original notebook's model
+NOTEBOOK_COMPARE_LAYERS = (2, 10)
+NOTEBOOK_SWEEP_LAYER = 6
+NOTEBOOK_LAYER_COEF = 5e-4      # the notebook's coefficient for exercises 2 and 3
 N_TOP_FEATURES = 5
 
 
@@ -33,31 +36,35 @@ def _n_layers(model_or_n_layers) -> int:
     return check_int("n_layers", n, minimum=1)
 
 
-def _scale_layer(seed_layer: int, n_layers: int) -> int:
-    """The seed's layer (of 12) at the same relative depth in a model with n_layers, rounded half up."""
-    return min(n_layers - 1, math.floor(seed_layer * n_layers / SEED_N_LAYERS + 0.5))
+def _scale_layer(layer: int, n_layers: int) -> int:
+    """The notebook's layer (of 12) at the same relative depth in a model with n_layers, rounded half up."""
+    return min(n_layers - 1, math.floor(layer * n_layers / NOTEBOOK_N_LAYERS + 0.5))
 
 
-def seed_layers(n_layers) -> tuple[int, ...]:
-    """The seed's early and late layers (2 and 10 of GPT-2 small's 12) scaled to a model's depth.
+def notebook_layers(n_layers) -> tuple[int, ...]:
+    """The original notebook's early and late layers (2 and 10 of GPT-2 small's 12) scaled to a model's depth.
 
     n_layers: an int or a model (its cfg.n_layers). 12 -> (2, 10), 4 -> (1, 3), 24 -> (4, 20),
     2 -> (0, 1); a 1-layer model has only (0,).
     """
     n = _n_layers(n_layers)
-    return tuple(dict.fromkeys(_scale_layer(layer, n) for layer in SEED_COMPARE_LAYERS))
+    return tuple(dict.fromkeys(_scale_layer(layer, n) for layer in NOTEBOOK_COMPARE_LAYERS))
 
 
-def seed_sweep_layer(n_layers) -> int:
-    """The seed's layer for the sparsity sweep (6 of 12: the middle) scaled to a model's depth.
+def notebook_layer(n_layers) -> int:
+    """The original notebook's layer for the sparsity sweep (6 of 12: the middle) scaled to a model's depth.
 
     n_layers: an int or a model (its cfg.n_layers). 12 -> 6, 4 -> 2, 24 -> 12, 1 -> 0.
     """
-    return _scale_layer(SEED_SWEEP_LAYER, _n_layers(n_layers))
+    return _scale_layer(NOTEBOOK_SWEEP_LAYER, _n_layers(n_layers))
+
+
+# The old names (until saelab.experiments, the lab and the checks say notebook_*).
+seed_layers, seed_sweep_layer = notebook_layers, notebook_layer
 
 
 @dataclass(repr=False)
-class LayerComparison(TableReport):
+class LayerComparison(Result):
     """What `compare_layers` returns.
 
     table: one row per layer: layer, activation_norm (mean L2 norm of a row), mse, fvu,
@@ -77,21 +84,24 @@ class LayerComparison(TableReport):
     evaluated_on: str
     settings: dict = field(default_factory=dict)
     seconds: float = 0.0
+    interrupted: bool = False
 
     def summary(self) -> str:
         t = self.table
-        parts = ", ".join(f"layer {int(r.layer)}: norm {r.activation_norm:.3g}, FVU {r.fvu:.3f}, L0 {r.l0:.3g}"
+        parts = ", ".join(f"layer {int(r.layer)}: norm {fmt(r.activation_norm)}, FVU {fmt(r.fvu)}, L0 {fmt(r.l0)}"
                           for r in t.itertuples())
         s = self.settings
+        stop = " INTERRUPTED" if self.interrupted else ""
         return (f"Layer comparison ({s.get('model_name')}, {s.get('n_features')} features, coef "
-                f"{s.get('sparsity_coef'):g}, {s.get('steps')} steps, {self.seconds:.1f}s; evaluated on "
+                f"{s.get('sparsity_coef'):g}, {s.get('steps')} steps{stop}, {self.seconds:.1f}s; evaluated on "
                 f"{self.evaluated_on}): {parts}")
 
     def __repr__(self) -> str:
-        return f"{super().__repr__()}\n\nLast token of each test prompt:\n{self.prompt_table.to_string(index=False)}"
+        prompts = format_table(self.prompt_table).to_string(index=False)
+        return f"{super().__repr__()}\n\nLast token of each test prompt:\n{prompts}"
 
     def _repr_html_(self) -> str:
-        prompts = self.prompt_table.to_html(index=False, float_format=lambda v: f"{v:.3g}", border=0)
+        prompts = format_table(self.prompt_table).to_html(index=False, border=0)
         return f"{super()._repr_html_()}<p>Last token of each test prompt:</p>{prompts}"
 
     def plot(self):
@@ -115,25 +125,6 @@ class LayerComparison(TableReport):
         fig.tight_layout()
         plt.close(fig)
         return fig
-
-
-def _resolve_layers(model, layers) -> tuple[int, ...]:
-    n_layers = model.cfg.n_layers
-    if layers is None:
-        return seed_layers(n_layers)
-    if isinstance(layers, int) and not isinstance(layers, bool):
-        layers = [layers]
-    if not isinstance(layers, (list, tuple)) or not layers:
-        raise ValueError(f"layers: expected a non-empty list of layer numbers in [0, {n_layers - 1}], "
-                         f"got {describe(layers)}")
-    resolved = []
-    for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -n_layers <= layer < n_layers:
-            raise ValueError(f"layers: the model has {n_layers} layers (0..{n_layers - 1}, or negative counting "
-                             f"from the last), got {layer!r}")
-        if layer % n_layers not in resolved:
-            resolved.append(layer % n_layers)
-    return tuple(resolved)
 
 
 def _prompts(test_prompts) -> dict[str, str]:
@@ -186,48 +177,43 @@ def _prompt_rows(model, saes: dict[int, TiedSAE], hook: str, prompts: dict[str, 
 
 
 def compare_layers(model, texts, layers=None, test_prompts=None, n_features: int | None = None,
-                   sparsity_coef: float = SEED_LAYER_COEF, epochs: int = SEED_EPOCHS,
-                   batch_size: int = SEED_BATCH_SIZE, max_tokens: int | None = None, eval_texts=None,
+                   sparsity_coef: float = NOTEBOOK_LAYER_COEF, epochs: int = NOTEBOOK_EPOCHS,
+                   batch_size: int = NOTEBOOK_BATCH_SIZE, max_tokens: int | None = None, eval_texts=None,
                    seed: int = 0, progress: bool = True, device=None, steps: int | None = None,
-                   lr: float = SEED_LR) -> LayerComparison:
-    """Train one SAE per layer and compare the layers (the seed's exercise 3).
+                   lr: float = NOTEBOOK_LR) -> LayerComparison:
+    """Train one SAE per layer and compare the layers (the original notebook's exercise 3).
 
     model: a HookedTransformer (e.g. `saelab.load_model("tiny")`); texts: the texts to collect
     `resid_post` rows from, for all `layers` in ONE forward pass per batch (`collect_activations`).
-    Defaults are the seed's: an early and a late layer (`seed_layers`: 2 and 10 of 12, scaled to the
-    model's depth), n_features = 4 * d_model, sparsity_coef 5e-4, 50 epochs, Adam lr 1e-3, batches of
-    64, the four TEST_PROMPTS. steps: exactly that many batches instead of `epochs`.
+    Defaults are the notebook's: an early and a late layer (`notebook_layers`: 2 and 10 of 12, scaled
+    to the model's depth), n_features = 4 * d_model, sparsity_coef 5e-4, 50 epochs, Adam lr 1e-3,
+    batches of 64, the four TEST_PROMPTS. steps: exactly that many batches instead of `epochs`.
     max_tokens caps the rows collected; eval_texts: measure on held-out texts instead of the training
-    rows (the seed measures on its training rows).
+    rows (the notebook measures on its training rows).
     The SAEs train together in one stacked model (same results as one `train_sae` per layer).
     Returns a `LayerComparison` (.table with FVU, .prompt_table, .plot(), .saes).
     """
-    if not all(hasattr(model, a) for a in ("cfg", "run_with_cache", "to_tokens")):
-        raise ValueError(f"model: expected a TransformerLens HookedTransformer (e.g. saelab.load_model('tiny')), "
-                         f"got {describe(model)}")
-    layer_list = _resolve_layers(model, layers)
+    model = check_model("model", model, needs=("cfg", "run_with_cache", "to_tokens"))
+    layer_list = notebook_layers(model) if layers is None else check_layers("layers", layers, model.cfg.n_layers)
     prompts = _prompts(test_prompts)
     n_features = check_int("n_features", n_features, minimum=1, allow_none=True) or \
-        SEED_FEATURES_PER_DIM * model.cfg.d_model
+        NOTEBOOK_FEATURES_PER_DIM * model.cfg.d_model
     coef = check_float("sparsity_coef", sparsity_coef, minimum=0.0)
-    check_int("seed", seed, minimum=0)
-
+    config = TrainConfig(lr=lr, batch_size=batch_size, epochs=epochs, steps=steps, seed=seed, device=device,
+                         progress=progress)
     acts = collect_activations(model, texts, list(layer_list), max_tokens=max_tokens, progress=progress)
     held_out = None if eval_texts is None else collect_activations(model, eval_texts, list(layer_list),
                                                                    progress=progress)
-    saes = [TiedSAE(acts.d_model, n_features, seed=seed) for _ in layer_list]
-    histories, seconds = _train_stacked(saes, [acts[layer] for layer in layer_list], [coef] * len(layer_list),
-                                        lr=lr, batch_size=batch_size, epochs=epochs, steps=steps, seed=seed,
-                                        device=device, progress=progress, desc="layer SAEs")
-    for sae in saes:
-        sae.metadata["trainer"] = "saelab.compare_layers (stacked)"
+    saes = [TiedSAE(acts.width, n_features, seed=seed) for _ in layer_list]
+    run = train_stacked(saes, [acts[layer] for layer in layer_list], [coef] * len(layer_list), config,
+                        trainer="saelab.compare_layers (stacked)", desc="layer SAEs",
+                        names=[f"activations of layer {layer}" for layer in layer_list])
     target = acts if held_out is None else held_out
     evaluated_on = "training data" if held_out is None else "held-out"
     rows, metrics = [], {}
     for layer, sae in zip(progress_bar(layer_list, progress=progress, desc="evaluating", unit="layer"), saes):
-        metrics[layer] = evaluate(sae, target[layer])
+        metrics[layer] = m = evaluate(sae, target[layer])
         norm, top = _norm_and_top_features(sae, target[layer], N_TOP_FEATURES)
-        m = metrics[layer]
         rows.append({"layer": layer, "activation_norm": norm, "mse": m.mse, "fvu": m.fvu,
                      "explained_variance": m.explained_variance, "l0": m.l0, "dead_fraction": m.dead_fraction,
                      "top_features": top, "evaluated_on": evaluated_on, "n_tokens": m.n_tokens})
@@ -238,5 +224,6 @@ def compare_layers(model, texts, layers=None, test_prompts=None, n_features: int
                 "seed": seed, "n_train_tokens": len(acts)}
     return LayerComparison(table=pd.DataFrame(rows), prompt_table=pd.DataFrame(_prompt_rows(model, by_layer, acts.hook,
                                                                                             prompts)),
-                           saes=by_layer, histories=dict(zip(layer_list, histories)), metrics=metrics,
-                           activations=acts, evaluated_on=evaluated_on, settings=settings, seconds=seconds)
+                           saes=by_layer, histories=dict(zip(layer_list, run.histories)), metrics=metrics,
+                           activations=acts, evaluated_on=evaluated_on, settings=settings, seconds=run.seconds,
+                           interrupted=run.interrupted)

@@ -4,10 +4,14 @@ import re
 import pytest
 import torch
 
-from saelab.activations import collect_activations
-from saelab.inspect import feature_card, feature_logit_effects, top_activating_examples, visible_token
+import pandas as pd
+
+from saelab.collect import collect_activations
+from saelab.features import (LogitEffects, TopExamples, feature_card, feature_logit_effects, top_activating_examples,
+                             visible_token)
 from saelab.sae import TiedSAE
 from saelab.train import train_sae
+from saelab.utils import token_text
 
 TRICKY = ["<script>alert('x')</script> & <b>bold</b>\n\n  indented    spaces\tand tabs",
           "def f(x):\n    return x < 1 and \"q\" > 'p'\n"]
@@ -20,8 +24,8 @@ def acts(model, train_texts):
 
 @pytest.fixture(scope="module")
 def sae(acts):
-    return train_sae(TiedSAE(acts.d_model, 4 * acts.d_model, seed=0), acts, sparsity_coef=1e-3, steps=30,
-                     progress=False).sae
+    width = acts.rows.shape[1]
+    return train_sae(TiedSAE(width, 4 * width, seed=0), acts, sparsity_coef=1e-3, steps=30, progress=False).sae
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +90,7 @@ def test_top_examples_on_a_tensor_and_for_a_dead_feature(sae, acts, dense):
     assert result.table["row"].tolist() == top_activating_examples(sae, acts, feature, k=3).table["row"].tolist()
     assert result.table["context"].isna().all()
     assert "Feature" in result._repr_html_()
-    dead = TiedSAE(acts.d_model, 8, seed=0)
+    dead = TiedSAE(rows.shape[1], 8, seed=0)
     with torch.no_grad():
         dead.encoder.bias.fill_(-1e4)
     empty = top_activating_examples(dead, acts, 0)
@@ -102,7 +106,7 @@ def test_logit_effects_follow_the_decoder_direction_through_the_unembedding(mode
     assert promoted["token_id"].tolist() == torch.topk(effects, 4).indices.tolist()
     assert suppressed["token_id"].tolist() == torch.topk(-effects, 4).indices.tolist()
     assert promoted["effect"].to_list() == pytest.approx(torch.topk(effects, 4).values.tolist(), rel=1e-4)
-    assert promoted["token"].iloc[0].startswith(model.tokenizer.decode([int(promoted["token_id"].iloc[0])]))
+    assert promoted["token"].tolist() == [token_text(model.tokenizer, i) for i in promoted["token_id"]]
     # ids from a table (numpy ints) work as feature ids
     assert feature_logit_effects(model, sae, t["token_id"].iloc[0] * 0 + 5, k=4).table.equals(t)
     assert "promotes" in result._repr_html_() and "suppresses" in repr(result)
@@ -160,8 +164,72 @@ def test_inspection_rejects_mismatched_or_empty_inputs(model, sae, acts):
     with pytest.raises(ValueError, match="d_model"):
         feature_card(model, TiedSAE(16, 32), torch.randn(5, 16), 0)
     with pytest.raises(ValueError, match="at least one row"):
-        top_activating_examples(sae, torch.empty(0, acts.d_model), 0)
+        top_activating_examples(sae, torch.empty(0, sae.d_in), 0)
     with pytest.raises(ValueError, match="sae"):
         top_activating_examples("sae", acts, 0)
     with pytest.raises(ValueError, match="k"):
         top_activating_examples(sae, acts, 0, k=0)
+
+
+# --------------------------------------------------------------------------- token display
+
+BYTE_TEXT = "snow \u2603 and \x18 bell"  # the snowman is three byte tokens in tiny; \x18 a control character
+
+
+def test_token_text_shows_lone_bytes_as_hex_for_every_token_of_the_vocabulary(model):
+    tokenizer = model.tokenizer
+    ids = model.to_tokens(BYTE_TEXT, prepend_bos=False)[0].tolist()
+    assert [token_text(tokenizer, i) for i in ids][3:6] == ["<0xE2>", "<0x98>", "<0x83>"]
+    assert all(tokenizer.decode([i]) == "\ufffd" for i in ids[3:6])  # what a plain decode shows
+    assert not any("\ufffd" in token_text(tokenizer, i) for i in range(model.cfg.d_vocab))
+    assert token_text(tokenizer, ids[1]) == tokenizer.decode([ids[1]])  # whole characters unchanged
+    assert token_text(None, 42) == "<42>"
+
+
+def test_visible_token_escapes_control_and_invisible_characters():
+    assert visible_token("\x18") == "\\x18" and visible_token("a\u200bb") == "a\\u200bb"
+    assert visible_token("\r\n") == "⏎" and visible_token("\t") == "⇥" and visible_token(" \x7f") == " \\x7f"
+    assert visible_token("<0x98>") == "<0x98>" and visible_token("é") == "é"
+
+
+def test_byte_and_control_tokens_display_alike_in_logit_lists_top_examples_and_cards(model, sae):
+    table = pd.DataFrame([("promotes", 1, 226, "<0x83>", 2.0), ("promotes", 2, 213, "\x18", 1.0),
+                          ("promotes", 3, 5, "\n", 0.5), ("suppresses", 1, 7, " a", -1.0)],
+                         columns=["kind", "rank", "token_id", "token", "effect"])
+    effects = LogitEffects(feature=0, table=table)
+    for shown in (effects.summary(), repr(effects), effects._repr_html_()):
+        assert "<0x83>" in shown or "&lt;0x83&gt;" in shown
+        assert "\\x18" in shown and "\x18" not in shown and "⏎" in shown
+    examples = TopExamples(feature=0, table=pd.DataFrame([(0, 0, 4, "\x18", 1.5, "snow «\\x18»")],
+                                                         columns=["row", "text_index", "position", "token",
+                                                                  "activation", "context"]),
+                           contexts=[(["snow", "\x18"], 1, [None, 1.5])], n_active=1, n_tokens=10)
+    assert "\\x18" in repr(examples) and "\x18" not in repr(examples)
+    assert "\\x18" in examples._repr_html_() and "\x18" not in examples._repr_html_()
+
+
+def test_activations_name_byte_tokens_like_the_logit_lists(model):
+    acts = collect_activations(model, [BYTE_TEXT], 0, progress=False)
+    shown = [acts.str_token(r) for r in range(len(acts))]
+    if "\ufffd" in "".join(shown):
+        pytest.xfail("waiting for core-A2: Activations should decode tokens with saelab.utils.token_text")
+    assert shown[3:6] == ["<0xE2>", "<0x98>", "<0x83>"]
+
+
+def test_ties_are_broken_by_id(model):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    sae = TiedSAE(8, 16, seed=0)
+    rows = torch.randn(1, 8).repeat(12, 1)  # twelve equal rows: every activation ties
+    feature = int(sae.encode(rows[:1])[0].argmax())
+    assert top_activating_examples(sae, rows, feature, k=5).table["row"].tolist() == [0, 1, 2, 3, 4]
+    cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, n_heads=2, d_mlp=16, d_vocab=20,
+                                  act_fn="relu", normalization_type="LNPre", seed=0)
+    tied_model = HookedTransformer(cfg)
+    with torch.no_grad():
+        tied_model.W_U[:, 10:] = tied_model.W_U[:, :1]  # tokens 0 and 10..19 get equal effects
+    table = feature_logit_effects(tied_model, sae, 3, k=20).table
+    for kind in ("promotes", "suppresses"):
+        ids = table[table["kind"] == kind]["token_id"].tolist()
+        group = [i for i in ids if i == 0 or i >= 10]
+        assert group == sorted(group) and len(group) == 11

@@ -13,15 +13,14 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from saelab.activations import Activations, gather_rows, iter_row_batches
-from saelab.experiments.sparsity import check_activations_rows
-from saelab.metrics import _check_sae
-from saelab.sae import TiedSAE
-from saelab.utils import check_int, describe
+from saelab.results import Result, fmt, pct
+from saelab.sae_interface import as_sae
+from saelab.utils import token_text, visible_token
+from saelab.validate import check_feature, check_int, check_model, check_rows
 
 EXAMPLE_COLUMNS = ("row", "text_index", "position", "token", "activation", "context")
 EFFECT_COLUMNS = ("kind", "rank", "token_id", "token", "effect")
@@ -32,29 +31,23 @@ _SANS = "font-family: system-ui, -apple-system, Helvetica, Arial, sans-serif"
 
 # ----------------------------------------------------------------------------- shared helpers
 
-def visible_token(token: str) -> str:
-    """A token with its whitespace made visible: newline as ⏎, tab as ⇥, and in a token made only of
-    whitespace each space as a middle dot (·); a leading space in a word token stays a space."""
-    shown = token.replace("\r", "").replace("\n", "⏎").replace("\t", "⇥")
-    return shown.replace(" ", "·") if token and not token.strip() else shown
+def _shown_tokens(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a table with its "token" column as displayed (`visible_token`)."""
+    shown = table.copy()
+    shown["token"] = shown["token"].map(lambda t: visible_token(t) if isinstance(t, str) else t)
+    return shown
 
 
-def _check_feature(sae: TiedSAE, feature) -> int:
-    """The feature id as an int in [0, n_features) (numpy and 0-d tensor integers accepted)."""
-    if isinstance(feature, np.integer) or (isinstance(feature, torch.Tensor) and feature.numel() == 1
-                                           and not feature.is_floating_point() and feature.dtype != torch.bool):
-        feature = int(feature)
-    if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < sae.n_features:
-        raise ValueError(f"feature: expected an int in [0, {sae.n_features - 1}] (the SAE has {sae.n_features} "
-                         f"features), got {describe(feature)}")
-    return feature
+def _top(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The indices of the k largest of values [n], largest first, equal values in index order."""
+    return torch.sort(values, descending=True, stable=True).indices[:k]
 
 
-def _feature_values(sae: TiedSAE, x: torch.Tensor, feature: int) -> torch.Tensor:
-    """One feature's activation on rows x [b, d_model] -> [b] (relu(x @ W[feature] + b_enc[feature]))."""
-    weight = sae.encoder.weight
+def _feature_values(sae, x: torch.Tensor, feature: int) -> torch.Tensor:
+    """One feature's activation on rows x [b, d_in] -> [b] (through the SAE interface's encode)."""
+    weight = sae.W_dec
     x = x.to(device=weight.device, dtype=weight.dtype)
-    return torch.relu(x @ weight[feature] + sae.encoder.bias[feature])
+    return sae.encode_unchecked(x)[:, feature]
 
 
 @dataclass
@@ -67,7 +60,7 @@ class _Scan:
 
 
 @torch.no_grad()
-def _scan(sae: TiedSAE, activations, feature: int, k: int, keep_values: bool = False,
+def _scan(sae, activations, feature: int, k: int, keep_values: bool = False,
           batch_size: int = 4096) -> _Scan:
     """One streaming pass: a running top-k of the feature's activations, and how often it fires."""
     best_values = torch.empty(0)
@@ -82,8 +75,8 @@ def _scan(sae: TiedSAE, activations, feature: int, k: int, keep_values: bool = F
         if keep_values:
             kept.append(values[active])
         values, rows = torch.cat([best_values, values]), torch.cat([best_rows, rows])
-        top = torch.topk(values, min(k, len(values)), sorted=True)
-        best_values, best_rows = top.values, rows[top.indices]
+        top = _top(values, k)  # equal values sit in row order in this concatenation, so ties keep it
+        best_values, best_rows = values[top], rows[top]
     positive = best_values > 0
     return _Scan(values=best_values[positive], rows=best_rows[positive], n_active=n_active, n_tokens=start,
                  active_values=torch.cat(kept) if keep_values and kept else None)
@@ -92,7 +85,7 @@ def _scan(sae: TiedSAE, activations, feature: int, k: int, keep_values: bool = F
 # ----------------------------------------------------------------------------- top examples
 
 @dataclass(repr=False)
-class TopExamples:
+class TopExamples(Result):
     """The tokens where a feature fires most, strongest first.
 
     table: row, text_index, position, token, activation, context (the surrounding tokens with the
@@ -107,6 +100,8 @@ class TopExamples:
     n_active: int = 0
     n_tokens: int = 0
 
+    caption = "activation: the feature's value on that token; context: the tokens around it, the token in «»."
+
     @property
     def density(self) -> float:
         return self.n_active / self.n_tokens if self.n_tokens else 0.0
@@ -115,13 +110,11 @@ class TopExamples:
         if self.table.empty:
             return f"Feature {self.feature} never fires on these {self.n_tokens:,} tokens (a dead feature here)."
         return (f"Feature {self.feature}: top {len(self.table)} of {self.n_active:,} tokens where it fires "
-                f"(density {self.density:.2%} of {self.n_tokens:,}); "
-                f"max activation {self.table['activation'].iloc[0]:.3g}")
+                f"(density {pct(self.density)} of {self.n_tokens:,}); "
+                f"max activation {fmt(self.table['activation'].iloc[0])}")
 
-    def __repr__(self) -> str:
-        if self.table.empty:
-            return self.summary()
-        return f"{self.summary()}\n{self.table.drop(columns=['row']).to_string(index=False)}"
+    def shown_table(self) -> pd.DataFrame:
+        return _shown_tokens(self.table.drop(columns=["row"]))
 
     def html(self) -> str:
         """The examples as an HTML fragment: each context with tokens shaded by their activation."""
@@ -136,7 +129,7 @@ class TopExamples:
             where = ("" if pd.isna(example.text_index)
                      else f"text {int(example.text_index)}, pos {int(example.position)}")
             lines.append(
-                f"<tr><td style='text-align:right; padding:2px 8px; {_SANS}; color:#444'>{example.activation:.3g}</td>"
+                f"<tr><td style='text-align:right; padding:2px 8px; {_SANS}; color:#444'>{fmt(example.activation)}</td>"
                 f"<td style='padding:2px 4px; {_FONT}; font-size:13px; white-space:pre'>{spans}</td>"
                 f"<td style='padding:2px 8px; {_SANS}; font-size:11px; color:#888'>{where}</td></tr>")
         return (f"{head}<table style='border-collapse:collapse'><tr style='{_SANS}; font-size:12px; color:#666'>"
@@ -150,7 +143,7 @@ class TopExamples:
 
 def _token_span(token: str, activation, scale: float, firing: bool) -> str:
     alpha = 0.0 if activation is None or scale <= 0 else max(0.0, min(1.0, activation / scale))
-    tip = "no row" if activation is None else f"{activation:.3g}"
+    tip = "no row" if activation is None else fmt(activation)
     style = f"background: rgba({_FIRE_RGB}, {alpha:.2f}); border-radius: 2px;"
     if firing:
         style += " outline: 1.5px solid #b71c1c; font-weight: bold;"
@@ -160,7 +153,7 @@ def _token_span(token: str, activation, scale: float, firing: bool) -> str:
 
 
 @torch.no_grad()
-def _examples(sae: TiedSAE, activations, feature: int, scan: _Scan, context: int) -> TopExamples:
+def _examples(sae, activations, feature: int, scan: _Scan, context: int) -> TopExamples:
     if not isinstance(activations, Activations):  # a bare tensor: no provenance, rows and values only
         records = [(row, None, None, None, value, None) for row, value in zip(scan.rows.tolist(), scan.values.tolist())]
         return TopExamples(feature=feature, table=pd.DataFrame(records, columns=list(EXAMPLE_COLUMNS)),
@@ -199,17 +192,18 @@ def _neighbour_rows(activations: Activations, row: int, n_shown: int, index: int
     return out
 
 
-def top_activating_examples(sae: TiedSAE, activations, feature: int, k: int = 10, context: int = 8) -> TopExamples:
+def top_activating_examples(sae, activations, feature: int, k: int = 10, context: int = 8) -> TopExamples:
     """The k tokens where `feature` fires most, each with `context` tokens either side.
 
+    sae: any SAE with saelab's SAE interface (`sae_interface.as_sae`).
     activations: a single-layer `Activations` (its provenance gives the surrounding tokens) or a float
-    tensor [n_tokens, d_model] (rows and values only). Streams over the rows in batches with a running
+    tensor [n_tokens, d_in] (rows and values only). Streams over the rows in batches with a running
     top-k; only tokens where the feature is active (> 0) are returned, so a rare feature gives fewer
     than k. Returns a `TopExamples` (.table; shows as highlighted HTML in a notebook).
     """
-    _check_sae(sae)
-    check_activations_rows("activations", activations, sae.d_model)
-    feature = _check_feature(sae, feature)
+    sae = as_sae("sae", sae)
+    check_rows("activations", activations, sae.d_in)
+    feature = check_feature("feature", feature, sae.d_sae)
     check_int("k", k, minimum=1)
     check_int("context", context, minimum=0)
     return _examples(sae, activations, feature, _scan(sae, activations, feature, k), context)
@@ -218,7 +212,7 @@ def top_activating_examples(sae: TiedSAE, activations, feature: int, k: int = 10
 # ----------------------------------------------------------------------------- logit effects
 
 @dataclass(repr=False)
-class LogitEffects:
+class LogitEffects(Result):
     """The tokens a feature's decoder direction promotes and suppresses most through the unembedding.
 
     table: kind ("promotes" / "suppresses"), rank, token_id, token, effect (the direct effect on
@@ -229,11 +223,11 @@ class LogitEffects:
     scaled_by_ln: bool = False
 
     def summary(self) -> str:
-        top = self.table[self.table["kind"] == "promotes"]["token"].head(3).map(lambda t: repr(t)).tolist()
+        top = [f"'{visible_token(t)}'" for t in self.table[self.table["kind"] == "promotes"]["token"].head(3)]
         return f"Feature {self.feature}'s direct logit effect: promotes {', '.join(top)}, ..."
 
-    def __repr__(self) -> str:
-        return f"{self.summary()}\n{self.table.to_string(index=False)}"
+    def shown_table(self) -> pd.DataFrame:
+        return _shown_tokens(self.table)
 
     def html(self) -> str:
         """Two side-by-side lists (promoted / suppressed) with bars proportional to the effect."""
@@ -246,7 +240,7 @@ class LogitEffects:
                 f"{html.escape(visible_token(r.token))}</td><td style='padding:1px 4px; width:120px'><div style='"
                 f"background: rgba({colour}, 0.75); height: 10px; "
                 f"width: {100 * abs(r.effect) / scale:.0f}%'></div></td>"
-                f"<td style='{_SANS}; font-size:12px; text-align:right; color:#444'>{r.effect:+.3f}</td></tr>"
+                f"<td style='{_SANS}; font-size:12px; text-align:right; color:#444'>{_signed(r.effect)}</td></tr>"
                 for r in part.itertuples())
             columns.append(f"<td style='vertical-align:top; padding-right:24px'><div style='{_SANS}; font-size:12px; "
                            f"color:#555; margin-bottom:2px'>{kind}</div><table style='border-collapse:collapse'>"
@@ -259,7 +253,7 @@ class LogitEffects:
 
 
 @torch.no_grad()
-def feature_logit_effects(model, sae: TiedSAE, feature: int, k: int = 10) -> LogitEffects:
+def feature_logit_effects(model, sae, feature: int, k: int = 10) -> LogitEffects:
     """The k tokens whose logits the feature's decoder direction raises most, and the k it lowers most.
 
     effect = W_dec[feature] @ W_U [d_vocab]: the direct path from the feature's output through the
@@ -269,13 +263,12 @@ def feature_logit_effects(model, sae: TiedSAE, feature: int, k: int = 10) -> Log
     default GPT-2) that scale is already folded into W_U, so there is nothing to apply. The layer
     norm's division by the residual norm is ignored (it rescales all logits alike).
     """
-    _check_sae(sae)
-    if not all(hasattr(model, a) for a in ("cfg", "W_U")):
-        raise ValueError(f"model: expected a TransformerLens HookedTransformer, got {describe(model)}")
-    if model.cfg.d_model != sae.d_model:
-        raise ValueError(f"sae: its d_model ({sae.d_model}) differs from the model's ({model.cfg.d_model}); "
+    sae = as_sae("sae", sae)
+    check_model("model", model, needs=("cfg", "W_U"))
+    if model.cfg.d_model != sae.d_in:
+        raise ValueError(f"sae: its d_in ({sae.d_in}) differs from the model's d_model ({model.cfg.d_model}); "
                          f"use an SAE trained on this model's activations")
-    feature = _check_feature(sae, feature)
+    feature = check_feature("feature", feature, sae.d_sae)
     check_int("k", k, minimum=1)
     k = min(k, model.cfg.d_vocab)
     direction = sae.W_dec[feature].to(device=model.W_U.device, dtype=model.W_U.dtype)
@@ -283,31 +276,27 @@ def feature_logit_effects(model, sae: TiedSAE, feature: int, k: int = 10) -> Log
     if scaled:
         direction = direction * model.ln_final.w
     effects = (direction @ model.W_U).float().cpu()      # [d_vocab]
-    records = []
-    for kind, top in (("promotes", torch.topk(effects, k)), ("suppresses", torch.topk(-effects, k))):
-        for rank, token_id in enumerate(top.indices.tolist(), 1):
-            records.append((kind, rank, token_id, _token_string(model, token_id), float(effects[token_id])))
+    records, tokenizer = [], getattr(model, "tokenizer", None)
+    for kind, top in (("promotes", _top(effects, k)), ("suppresses", _top(-effects, k))):
+        for rank, token_id in enumerate(top.tolist(), 1):
+            records.append((kind, rank, token_id, token_text(tokenizer, token_id), float(effects[token_id])))
     return LogitEffects(feature=feature, table=pd.DataFrame(records, columns=list(EFFECT_COLUMNS)),
                         scaled_by_ln=scaled)
 
 
-def _token_string(model, token_id: int) -> str:
-    """The token's text; a byte-level piece of a multi-byte character (which decodes to U+FFFD alone)
-    is shown with its id, and without a tokenizer the id alone as <id>."""
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        return f"<{token_id}>"
-    text = tokenizer.decode([token_id])
-    return f"{text}<{token_id}>" if "\ufffd" in text else text
+def _signed(value: float) -> str:
+    return f"+{fmt(value)}" if value >= 0 else fmt(value)
 
 
 # ----------------------------------------------------------------------------- feature card
 
 @dataclass(repr=False)
-class FeatureCard:
+class FeatureCard(Result):
     """One feature at a glance: density, activation histogram, top examples and logit effects.
 
-    `_repr_html_` shows it in a notebook; `save(path)` writes a standalone HTML page.
+    table: one row: feature, source, density, n_active, n_tokens, max_activation, mean_active
+    (the examples and logit effects have their own `.table`). `_repr_html_` shows the card in a
+    notebook; `save(path)` writes a standalone HTML page.
     """
     feature: int
     density: float
@@ -322,21 +311,23 @@ class FeatureCard:
 
     def summary(self) -> str:
         return (f"Feature {self.feature}{' of ' + self.source if self.source else ''}: active on {self.n_active:,} of "
-                f"{self.n_tokens:,} tokens ({self.density:.2%}), max {self.max_activation:.3g}, "
-                f"mean when active {self.mean_active:.3g}")
+                f"{self.n_tokens:,} tokens ({pct(self.density)}), max {fmt(self.max_activation)}, "
+                f"mean when active {fmt(self.mean_active)}")
 
-    def __repr__(self) -> str:
-        return f"FeatureCard({self.summary()})"
+    @property
+    def table(self) -> pd.DataFrame:
+        keys = ("feature", "source", "density", "n_active", "n_tokens", "max_activation", "mean_active")
+        return pd.DataFrame([{key: getattr(self, key) for key in keys}])
 
     def html(self) -> str:
         """The card as an HTML fragment (inline styles, the histogram as a data URI)."""
         stats = "".join(
             f"<div style='display:inline-block; margin-right:28px'><div style='font-size:11px; color:#777'>{name}</div>"
             f"<div style='font-size:18px'>{html.escape(value)}</div></div>"
-            for name, value in (("density", f"{self.density:.3%}"),
+            for name, value in (("density", pct(self.density)),
                                 ("active tokens", f"{self.n_active:,} / {self.n_tokens:,}"),
-                                ("max activation", f"{self.max_activation:.3g}"),
-                                ("mean when active", f"{self.mean_active:.3g}")))
+                                ("max activation", fmt(self.max_activation)),
+                                ("mean when active", fmt(self.mean_active))))
         histogram = (f"<img alt='activation histogram' style='max-width:100%; height:auto' "
                      f"src='data:image/png;base64,{self.histogram_png}'>" if self.histogram_png
                      else "<p style='color:#777'>The feature never fires on these tokens: no histogram.</p>")
@@ -344,7 +335,9 @@ class FeatureCard:
                                             f"{html.escape(self.source)}</span>" if self.source else "")
         section = f"style='{_SANS}; font-size:14px; margin:18px 0 4px; color:#333; border-bottom:1px solid #ddd'"
         return (f"<div style='{_SANS}; max-width:980px; padding:8px 4px'>"
-                f"<h2 style='margin:0 0 8px; font-size:20px'>{title}</h2><div>{stats}</div>"
+                f"<h2 style='margin:0 0 8px; font-size:20px'>{title}</h2>"
+                f"<p style='margin:0 0 8px; font-size:13px; color:#555'>{html.escape(self.summary())}</p>"
+                f"<div>{stats}</div>"
                 f"<h3 {section}>Activation when active</h3>{histogram}"
                 f"<h3 {section}>Top activating tokens</h3>{self.examples.html()}"
                 f"<h3 {section}>Direct effect on the logits (decoder direction through the unembedding)</h3>"
@@ -390,22 +383,23 @@ def _histogram_png(values: torch.Tensor, feature: int) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def feature_card(model, sae: TiedSAE, activations, feature: int, k: int = 10) -> FeatureCard:
+def feature_card(model, sae, activations, feature: int, k: int = 10) -> FeatureCard:
     """One view of a feature: its density, a histogram of its activations, the k tokens where it
     fires most (in context, from `top_activating_examples`) and the k tokens it promotes and
     suppresses most (`feature_logit_effects`). One streaming pass over the activations.
     Returns a `FeatureCard` (shows in a notebook; `.save("feature.html")` for a standalone page).
     """
-    _check_sae(sae)
-    check_activations_rows("activations", activations, sae.d_model)
-    feature = _check_feature(sae, feature)
+    sae = as_sae("sae", sae)
+    check_rows("activations", activations, sae.d_in)
+    feature = check_feature("feature", feature, sae.d_sae)
     check_int("k", k, minimum=1)
     effects = feature_logit_effects(model, sae, feature, k)
     scan = _scan(sae, activations, feature, k, keep_values=True)
     examples = _examples(sae, activations, feature, scan, context=8)
     active = scan.active_values if scan.active_values is not None else torch.empty(0)
     meta = sae.metadata
-    parts = (meta.get("model_name"), f"layer {meta['layer']}" if "layer" in meta else None, meta.get("hook"))
+    parts = (meta.get("model_name"), None if sae.layer is None else f"layer {sae.layer}",
+             meta.get("hook") or sae.hook_name)
     source = ", ".join(str(part) for part in parts if part)
     return FeatureCard(feature=feature, density=scan.n_active / scan.n_tokens, n_active=scan.n_active,
                        n_tokens=scan.n_tokens, max_activation=float(active.max()) if len(active) else 0.0,

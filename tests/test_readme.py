@@ -1,0 +1,34 @@
+"""README's "Library in five lines" runs as written (on the first texts only, to stay fast)."""
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _block(title: str) -> str:
+    """The first ```python block after the heading `title` in README.md."""
+    text = README.read_text(encoding="utf-8")
+    match = re.search(rf"^## {re.escape(title)}\n.*?```python\n(.*?)```", text, flags=re.S | re.M)
+    assert match, f"README.md has no python block under '## {title}'"
+    return match.group(1)
+
+
+def test_library_in_five_lines_runs(monkeypatch, capsys):
+    import saelab
+
+    real = saelab.load_texts
+    monkeypatch.setattr(saelab, "load_texts", lambda split, **kw: real(split, max_texts=6, **kw))
+    monkeypatch.delenv("SAELAB_MODEL", raising=False)
+    code = _block("Library in five lines")
+    assert "saelab.train_sae(" in code and "saelab.evaluate(" in code
+    namespace = {}
+    with pytest.warns(UserWarning, match="longer than the model's context"):  # the shipped texts are long
+        exec(compile(code, str(README), "exec"), namespace)
+    result, sae = namespace["result"], namespace["sae"]
+    assert isinstance(result, saelab.TrainResult) and result.sae is sae and not result.interrupted
+    assert result.history["recon"].iloc[-1] < result.history["recon"].iloc[0]   # it learned
+    assert sae.metadata["layer"] == 2 and sae.metadata["epochs"] == 2
+    printed = capsys.readouterr().out
+    assert "fvu" in printed.lower() and "l0" in printed.lower()

@@ -1,0 +1,78 @@
+"""run_lab end to end on a small run: the report's files exist, its tables hold sane numbers that
+match the saved SAEs, and the SAE folders load."""
+import pandas as pd
+import pytest
+import torch
+
+from saelab import report as report_module
+from saelab.report import COEF, SWEEP_COEFS, run_lab
+
+STEPS, MAX_TOKENS, EVAL_TOKENS = 40, 800, 600
+
+
+@pytest.fixture(scope="module")
+def lab_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    patch = pytest.MonkeyPatch()
+    patch.setitem(report_module.RUN_SIZES, "tiny", {"max_tokens": 30_000, "eval_tokens": EVAL_TOKENS,
+                                                    "steps": 600, "ce_texts": 3})
+    try:
+        path = run_lab("tiny", out, seed=0, device="cpu", max_tokens=MAX_TOKENS, steps=STEPS, progress=False)
+    finally:
+        patch.undo()
+    return out, path
+
+
+def test_report_page_figures_and_cards(lab_run):
+    out, path = lab_run
+    assert path == out / "report.html"
+    page = path.read_text(encoding="utf-8")
+    for heading in ("1. Activations", "2. Sparsity sweep", "3. Feature co-activation", "4. Early vs late layers",
+                    "5. Feature cards"):
+        assert heading in page
+    assert "saelab run --model tiny --seed 0" in page and page.count("data:image/png;base64,") >= 5
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"bos_norms.png", "sparsity_tradeoff.png", "sparsity_training.png", "layer_comparison.png"} <= figures
+    cards = sorted((out / "cards").glob("feature_*.html"))
+    assert len(cards) == report_module.N_CARDS
+
+
+def test_sweep_table_is_sane_and_matches_the_saved_saes(lab_run, model, test_texts):
+    from saelab.collect import collect_activations
+    from saelab.metrics import evaluate
+    from saelab.sae import TiedSAE
+
+    out, _ = lab_run
+    t = pd.read_csv(out / "tables" / "sparsity_sweep.csv")
+    assert list(t["coef"]) == list(SWEEP_COEFS) and (t["n_tokens"] == EVAL_TOKENS).all()
+    n_features = 4 * model.cfg.d_model
+    assert ((t["fvu"] > 0) & (t["fvu"] < 1.5)).all() and ((t["l0"] > 0) & (t["l0"] <= n_features)).all()
+    assert (t["fvu"] - (1 - t["explained_variance"])).abs().max() < 1e-12
+    assert t["l0"].iloc[-1] < 0.7 * t["l0"].iloc[0]  # coef 30 is far sparser than coef 1e-3 (70 vs 125 here)
+    assert t["ce_loss_recovered"].between(-1, 1.01).all()
+    test_acts = collect_activations(model, test_texts, [2], max_tokens=EVAL_TOKENS, progress=False)[2]
+    for coef, fvu, l0 in zip(t["coef"], t["fvu"], t["l0"]):
+        sae = TiedSAE.load(out / "saes" / f"sweep_layer2_coef{coef:g}", device="cpu")
+        assert sae.metadata["sparsity_coef"] == coef and sae.metadata["steps"] == STEPS and sae.metadata["layer"] == 2
+        m = evaluate(sae, test_acts)
+        assert m.fvu == pytest.approx(fvu, rel=1e-9) and m.l0 == pytest.approx(l0, rel=1e-9)
+    split = pd.read_csv(out / "tables" / "train_vs_heldout.csv")
+    assert list(split["coef"]) == list(SWEEP_COEFS) and (split["fvu_held_out"] == t["fvu"]).all()
+
+
+def test_layer_and_other_tables(lab_run, model):
+    from saelab.sae import TiedSAE
+
+    out, _ = lab_run
+    layers = pd.read_csv(out / "tables" / "layer_comparison.csv")
+    assert list(layers["layer"]) == [1, 3] and (layers["activation_norm"].diff().iloc[1:] > 0).all()
+    for layer in (1, 3):
+        sae = TiedSAE.load(out / "saes" / f"layer{layer}_coef{COEF:g}", device="cpu")
+        assert sae.metadata["layer"] == layer and torch.isfinite(sae.W_dec).all()
+    prompts = pd.read_csv(out / "tables" / "layer_test_prompts.csv")
+    assert len(prompts) == 4 * 2 and prompts["n_active"].between(0, 4 * model.cfg.d_model).all()
+    bos = pd.read_csv(out / "tables" / "bos_norms.csv")
+    assert bos["mean_norm"].iloc[0] > bos["mean_norm"].iloc[1] and bos["max_distance_to_first_row"].iloc[0] < 1e-3
+    pairs = pd.read_csv(out / "tables" / "top_correlated_pairs.csv")
+    assert (pairs["feature_i"] < pairs["feature_j"]).all() and pairs["correlation"].between(-1, 1).all()
+    assert list(pairs["correlation"]) == sorted(pairs["correlation"], reverse=True)
