@@ -62,9 +62,9 @@ def seed_loop(model, prompts, layer):
 
 
 def prompts_for(args):
-    from saelab.data import SEED_PROMPTS, load_texts
+    from saelab.data import NOTEBOOK_PROMPTS, load_texts
     if args.texts == "seed":
-        prompts = list(SEED_PROMPTS) * 10
+        prompts = list(NOTEBOOK_PROMPTS) * 10
         return [f"{p} ({i + 1})" for i, p in enumerate(prompts)] if args.distinct else prompts
     return load_texts("train", max_texts=args.n_texts)
 

@@ -94,12 +94,12 @@ def worker(args) -> None:
                                    cache_dir=args.cache_dir, progress=args.progress,
                                    **({} if args.memory_budget_bytes is None else
                                       {"memory_budget_bytes": args.memory_budget_bytes}))
-    report["rows"], report["on_disk"], report["d_model"] = len(acts), acts.on_disk, acts.d_model
-    report["data_gb"] = len(acts) * acts.d_model * 4 / 1e9
+    report["rows"], report["on_disk"], report["d_model"] = len(acts), acts.on_disk, acts.width
+    report["data_gb"] = len(acts) * acts.width * 4 / 1e9
     if not args.collect_only:
         from saelab.sae import TiedSAE
         from saelab.train import train_sae
-        sae = TiedSAE(acts.d_model, args.n_features, seed=0)
+        sae = TiedSAE(acts.width, args.n_features, seed=0)
         with Phase("train", report):
             result = train_sae(sae, acts, batch_size=args.batch_size, epochs=1, device="cpu", progress=args.progress)
         report["train_tokens_per_second"] = result.tokens_per_second

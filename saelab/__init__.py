@@ -12,7 +12,6 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_model": "models", "resolve_device": "models", "default_model_name": "models",
     "load_texts": "data", "load_documents": "data", "NOTEBOOK_PROMPTS": "data", "TEST_PROMPTS": "data",
-    "SEED_PROMPTS": "data",  # the old name of NOTEBOOK_PROMPTS, until the lab source switches
     "TiedSAE": "sae", "as_sae": "sae_interface",
     "collect_activations": "collect", "Activations": "activations",
     "Result": "results",

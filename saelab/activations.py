@@ -54,11 +54,6 @@ class Activations:
     def n_tokens(self) -> int:
         return len(self.text_index)
 
-    @property
-    def d_model(self) -> int:
-        """The old name of `width` (kept so existing code runs; use `width`)."""
-        return self.width
-
     def _resolve_layer(self, layer) -> int:
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
             raise ValueError(f"layer: expected an int (one of {list(self.layers)}), got {describe(layer)}")
@@ -208,12 +203,3 @@ def find_nonfinite_row(activations, batch_size: int = 65536) -> int | None:
             return start + int(bad.nonzero()[0, 0])
         start += batch.shape[0]
     return None
-
-
-def __getattr__(name: str):
-    """`saelab.activations.collect_activations`, the old home of `saelab.collect.collect_activations`
-    (imported on first use: collect imports this module)."""
-    if name == "collect_activations":
-        from saelab.collect import collect_activations
-        return collect_activations
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

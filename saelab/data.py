@@ -29,7 +29,6 @@ TEST_PROMPTS = {
 
 #: The old name of NOTEBOOK_PROMPTS ("seed" now only means a random seed); kept until the lab source,
 #: the notebooks and the benchmarks switch.
-SEED_PROMPTS = NOTEBOOK_PROMPTS
 
 
 @lru_cache(maxsize=None)

@@ -97,12 +97,3 @@ def _escaped(char: str) -> str:
     if category in ("Cf", "Zl", "Zp") or (category == "Zs" and char != " "):
         return f"\\u{ord(char):04x}"
     return char
-
-
-def __getattr__(name: str):
-    """`check_int` and `check_float` moved to `saelab.validate`; this forwards the old import path
-    (`from saelab.utils import check_int`) until every module imports them from there."""
-    if name in ("check_int", "check_float"):
-        from . import validate
-        return getattr(validate, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

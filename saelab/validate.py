@@ -197,7 +197,7 @@ def row_width(activations) -> int:
     """The width of each row of an `Activations` or a 2-D tensor (no checks)."""
     if isinstance(activations, torch.Tensor):
         return activations.shape[1]
-    return activations.width if hasattr(activations, "width") else activations.d_model
+    return activations.width
 
 
 def check_activations(name: str, activations):

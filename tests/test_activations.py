@@ -78,10 +78,3 @@ def test_find_nonfinite_row_reads_in_batches_and_names_the_first(acts):
     with pytest.raises(ValueError, match="single-layer Activations"):
         find_nonfinite_row(acts)
 
-
-def test_old_names_still_answer(acts):
-    """`d_model` (now `width`) and `saelab.activations.collect_activations` (now in saelab.collect)."""
-    import saelab.activations as activations_module
-
-    assert acts.d_model == acts.width == 128
-    assert activations_module.collect_activations is collect_activations

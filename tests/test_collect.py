@@ -1,12 +1,13 @@
 """collect_activations: rows, provenance, padding, BOS, truncation, out-of-core storage, errors."""
 import gc
+import os
 
 import pytest
 import torch
 
 from saelab.activations import gather_rows, iter_row_batches
 from saelab.collect import TruncationWarning, collect_activations
-from saelab.data import SEED_PROMPTS
+from saelab.data import NOTEBOOK_PROMPTS
 
 CTX = 24  # short contexts keep the tests fast
 
@@ -14,7 +15,7 @@ CTX = 24  # short contexts keep the tests fast
 @pytest.fixture(scope="module")
 def mixed_texts(train_texts):
     """Texts of very different lengths (short prompts and long shipped texts cut to CTX)."""
-    return list(SEED_PROMPTS) + train_texts[:3] + ["x = 1"]
+    return list(NOTEBOOK_PROMPTS) + train_texts[:3] + ["x = 1"]
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +139,12 @@ def test_out_of_core_rows_equal_in_memory_and_files_are_removed(model, mixed_tex
     disk = collect_activations(model, mixed_texts, [0, 2], batch_size=3, context_length=CTX,
                                memory_budget_bytes=1000, cache_dir=tmp_path / "cache", progress=False)
     assert disk.on_disk and not acts.on_disk and "on disk" in repr(disk)
-    files = sorted((tmp_path / "cache").rglob("*.f32"))
-    assert len(files) == 2 and all(f.stat().st_size == len(acts) * acts.width * 4 for f in files)
+    stores = [disk._stores[layer] for layer in (0, 2)]
+    assert all(os.fstat(s.fd).st_size == len(acts) * acts.width * 4 and os.fstat(s.fd).st_nlink == 0
+               for s in stores)                                # full size, and no name left on disk
+    assert list((tmp_path / "cache").iterdir()) == [stores[0].directory.path]
+    assert list(stores[0].directory.path.iterdir()) == []
+    del stores
     index = torch.randperm(len(acts), generator=torch.Generator().manual_seed(0))[:50]
     index = torch.cat([index, index[:5]])                    # repeats come back too
     for layer in (0, 2):

@@ -58,13 +58,12 @@ def test_notebook_prompts_are_the_original_notebooks():
 
 def test_notebook_prompts_give_rows_on_the_tiny_model(model):
     """Each prompt is its own text with tokens after BOS; the layer comparison's test prompts are not
-    training prompts; the old name still points at the same tuple."""
+    training prompts."""
     assert len(set(data.NOTEBOOK_PROMPTS)) == len(data.NOTEBOOK_PROMPTS) == 5
     assert not set(data.TEST_PROMPTS.values()) & set(data.NOTEBOOK_PROMPTS)
     for prompt in data.NOTEBOOK_PROMPTS + tuple(data.TEST_PROMPTS.values()):
         assert model.to_tokens(prompt).shape[1] > 2, prompt
     assert sum("def " in p for p in data.NOTEBOOK_PROMPTS) == 1 and data.TEST_PROMPTS["Code"].startswith("def ")
-    assert data.SEED_PROMPTS is data.NOTEBOOK_PROMPTS
 
 
 @pytest.mark.parametrize("kwargs, message", [

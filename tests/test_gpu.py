@@ -45,9 +45,9 @@ def gpu_acts(cuda_model, train_texts):
 @pytest.fixture(scope="module")
 def trained(cpu_acts, gpu_acts):
     """(CPU TrainResult, CUDA TrainResult) of the same SAE, seed and batches."""
-    cpu = saelab.train_sae(saelab.TiedSAE(cpu_acts.d_model, 512, seed=0), cpu_acts, sparsity_coef=3e-3,
+    cpu = saelab.train_sae(saelab.TiedSAE(cpu_acts.width, 512, seed=0), cpu_acts, sparsity_coef=3e-3,
                            steps=STEPS, device="cpu", progress=False)
-    gpu = saelab.train_sae(saelab.TiedSAE(gpu_acts.d_model, 512, seed=0), gpu_acts, sparsity_coef=3e-3,
+    gpu = saelab.train_sae(saelab.TiedSAE(gpu_acts.width, 512, seed=0), gpu_acts, sparsity_coef=3e-3,
                            steps=STEPS, device="cuda", progress=False)
     return cpu, gpu
 

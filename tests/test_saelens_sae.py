@@ -15,7 +15,7 @@ from sae_lens.evals import get_sparsity_and_variance_metrics  # noqa: E402
 from sae_lens.saes.sae import SAEMetadata  # noqa: E402
 from sae_lens.training.activation_scaler import ActivationScaler  # noqa: E402
 
-from saelab.activations import collect_activations  # noqa: E402
+from saelab.collect import collect_activations  # noqa: E402
 from saelab.data import load_texts  # noqa: E402
 from saelab.sae import TiedSAE  # noqa: E402
 from saelab.saelens_sae import REFERENCE_SAES, SAELensSAE, is_saelens_sae, load_sae  # noqa: E402

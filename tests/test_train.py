@@ -117,7 +117,8 @@ def test_epochs_count_steps_like_the_seed_dataloader():
 
 
 def test_training_on_activations_matches_the_tensor_and_records_provenance(model, train_texts):
-    from saelab.activations import as_rows, collect_activations
+    from saelab.activations import as_rows
+    from saelab.collect import collect_activations
 
     acts = collect_activations(model, train_texts[:3], layers=[1], context_length=32, progress=False)[1]
     rows = as_rows(acts).clone()

@@ -21,7 +21,7 @@ HOOKS = {"resid_pre": "the block's input", "resid_mid": "after attention, before
 def _rows(model, texts: tuple[str, ...], layer: int, hook: str = "resid_post"):
     """saelab's rows of `hook` at `layer`, BOS rows kept: (rows [n, d_model], position [n]). Cached, so
     running a check again (as a student does after each fix) costs only the student's function."""
-    from ..activations import collect_activations
+    from ..collect import collect_activations
 
     acts = collect_activations(model, list(texts), [layer], hook=hook, exclude_bos=False, progress=False)
     return acts[layer].rows.float(), acts[layer].position

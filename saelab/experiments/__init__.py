@@ -9,9 +9,7 @@
 """
 from saelab.experiments.correlation import CorrelationResult, feature_correlation
 from saelab.experiments.layers import LayerComparison, compare_layers, notebook_layer, notebook_layers
-from saelab.experiments.layers import seed_layers, seed_sweep_layer  # old names: the lab source still uses them
 from saelab.experiments.sparsity import SweepResult, sparsity_sweep
 
 __all__ = ["sparsity_sweep", "SweepResult", "feature_correlation", "CorrelationResult",
-           "compare_layers", "LayerComparison", "notebook_layers", "notebook_layer",
-           "seed_layers", "seed_sweep_layer"]
+           "compare_layers", "LayerComparison", "notebook_layers", "notebook_layer"]

@@ -60,7 +60,6 @@ def notebook_layer(n_layers) -> int:
 
 
 # The old names (until saelab.experiments, the lab and the checks say notebook_*).
-seed_layers, seed_sweep_layer = notebook_layers, notebook_layer
 
 
 @dataclass(repr=False)

@@ -1,7 +1,7 @@
 # Lab C.4 "Feature Extraction with SAEs": the one source of notebooks/lab_c4.ipynb (exercises)
 # and solutions/lab_c4.ipynb (solutions). Edit this file, then run `saelab notebooks build` and
 # `saelab notebooks execute`; `saelab notebooks check` fails if the notebooks drift from it.
-# Format: see saelab/notebooks.py (`# %% [tags]` cells, `# BEGIN SOLUTION` / `# END SOLUTION`).
+# Format: Jupytext percent cells (`# %% [markdown]`, `# %% tags=["check"]`; see saelab/notebooks.py), `# BEGIN SOLUTION` / `# END SOLUTION`).
 
 # %% [markdown]
 # # Lab C.4: Feature Extraction with Sparse Autoencoders
@@ -73,7 +73,7 @@ from IPython.display import display
 
 import saelab
 from saelab import checks
-from saelab.experiments import seed_sweep_layer
+from saelab.experiments import notebook_layer
 from saelab.train import batch_indices
 
 MODEL_NAME = saelab.default_model_name()  # $SAELAB_MODEL, else "tiny" (embedded, offline)
@@ -215,7 +215,7 @@ checks.check_activations(collect_rows, model)
 # same relative depth of this model):
 
 # %%
-LAYER = seed_sweep_layer(model)
+LAYER = notebook_layer(model)
 with_bos = saelab.collect_activations(model, test_texts[:50], [LAYER], exclude_bos=False)[LAYER]
 norms = with_bos.rows.norm(dim=-1)
 is_bos = with_bos.position == 0
@@ -351,7 +351,7 @@ assert l0 == sorted(l0, reverse=True), "a larger coefficient should give fewer a
 # held-out rows.
 
 # %%
-seed_acts = saelab.collect_activations(model, list(saelab.SEED_PROMPTS) * 10, [LAYER])[LAYER]
+seed_acts = saelab.collect_activations(model, list(saelab.NOTEBOOK_PROMPTS) * 10, [LAYER])[LAYER]
 seed_run = saelab.sparsity_sweep(seed_acts, coefs=[1e-3], epochs=50)  # the seed: 50 epochs, measured on training rows
 seed_sae = seed_run.saes[1e-3]
 flatter = {
