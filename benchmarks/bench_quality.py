@@ -13,6 +13,7 @@ k SAEs, one per sparsity coefficient, trained side by side on the same batches; 
     python benchmarks/bench_quality.py frontier --quick      # layer 2, seed 0, fewer coefficients
     python benchmarks/bench_quality.py figure                # benchmarks/quality/frontier.png from the CSV
     python benchmarks/bench_quality.py timing                # seconds per SAE and per 5-coef stacked sweep
+    python benchmarks/bench_quality.py tables                # the CSVs as markdown tables
 
 The collected rows are cached in benchmarks/_scratch/ (safetensors, gitignored); tables go to
 benchmarks/quality/*.csv.
@@ -41,7 +42,8 @@ CACHE = SCRATCH / "acts_tiny.safetensors"
 LAYERS = (1, 2, 3)
 N_FEATURES = 512
 EVAL_ROWS = 10_000
-CE_TEXTS = 16
+CE_TEXTS = 4  # ~860 next-token predictions; each CE measurement is 3 forward passes with a 50k vocabulary
+CE_L0_RANGE = (15.0, 60.0)  # CE loss recovered only for SAEs in this L0 range (around the matched L0)
 TARGET_L0 = 30.0
 
 
@@ -236,7 +238,8 @@ def resample(recipe: Recipe, optimizer, params, density: torch.Tensor, data: tor
     Anthropic's resampling (Towards Monosemanticity, 2023), per SAE: draw rows of a random sample of
     8192 training rows with probability proportional to their squared reconstruction error; the
     feature's row of W becomes the (x - b_dec) direction of its drawn row, at resample_scale x the mean
-    norm of the other rows; b_enc = 0; the Adam moments of the changed entries are zeroed."""
+    norm of the other rows; b_enc = 0 (with init_density: the bias that makes it fire on that fraction
+    of the sample); the Adam moments of the changed entries are zeroed."""
     W, b_enc, b_dec = params
     g = torch.Generator().manual_seed(seed)
     sample = data[torch.randint(len(data), (8192,), generator=g)]
@@ -253,6 +256,9 @@ def resample(recipe: Recipe, optimizer, params, density: torch.Tensor, data: tor
         direction = sample[picks] - b_dec[i]
         W[i, bad] = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-8) * target
         b_enc[i, bad] = 0.0
+        if recipe.init_density is not None:  # as at init: each new feature fires on init_density of the sample
+            pre = (sample - b_dec[i] if recipe.center else sample) @ W[i, bad].T
+            b_enc[i, bad] = -torch.quantile(pre, 1.0 - recipe.init_density, dim=0)
         for p, index in ((W, (i, bad)), (b_enc, (i, bad))):
             state = optimizer.state.get(p, {})
             for key in ("exp_avg", "exp_avg_sq"):
@@ -348,13 +354,14 @@ def saelens_as_tied():
 
 # ----------------------------------------------------------------------------- measuring
 def measure(sae, test_rows: torch.Tensor, layer: int, ce: bool, model=None, texts=None) -> dict:
-    """saelab.evaluate on the held-out rows (+ CE loss recovered on held-out texts when `ce`)."""
+    """saelab.evaluate on the held-out rows (+ CE loss recovered on CE_TEXTS held-out texts when `ce` and
+    the SAE's L0 is in CE_L0_RANGE; else NaN)."""
     import saelab
     from saelab.metrics import ce_loss_recovered
 
     e = saelab.evaluate(sae, test_rows)
-    row = {"fvu": e.fvu, "l0": e.l0, "dense": e.dense_fraction, "dead": e.dead_fraction}
-    if ce:
+    row = {"fvu": e.fvu, "l0": e.l0, "dense": e.dense_fraction, "dead": e.dead_fraction, "ce_recovered": math.nan}
+    if ce and CE_L0_RANGE[0] <= e.l0 <= CE_L0_RANGE[1]:
         row["ce_recovered"] = ce_loss_recovered(model, sae, texts, layer).score
     return row
 
@@ -363,11 +370,11 @@ def at_l0(rows: list[dict], target: float = TARGET_L0) -> dict:
     """The metrics of a coefficient grid interpolated to L0 = target (linear in log L0 between the two
     grid points that bracket it); NaN where the grid does not bracket the target."""
     pts = sorted((r for r in rows if r["l0"] > 0), key=lambda r: r["l0"])
-    keys = [k for k in pts[0] if k not in ("l0", "coef")] if pts else []
+    keys = [k for k in ("fvu", "dense", "dead", "ce_recovered") if pts and k in pts[0]]
     for lo, hi in zip(pts, pts[1:]):
         if lo["l0"] <= target <= hi["l0"]:
             t = (math.log(target) - math.log(lo["l0"])) / (math.log(hi["l0"]) - math.log(lo["l0"]) or 1.0)
-            out = {k: lo[k] + t * (hi[k] - lo[k]) for k in keys if isinstance(lo[k], float)}
+            out = {k: lo[k] + t * (hi[k] - lo[k]) for k in keys}
             out["coef"] = math.exp(math.log(lo["coef"]) + t * (math.log(hi["coef"]) - math.log(lo["coef"])))
             return {**out, "l0": target}
     return {"l0": target, "coef": math.nan, **{k: math.nan for k in keys}}
@@ -418,7 +425,7 @@ IMPROVED = dataclasses.replace(LAB_AT_BUDGET, init_norm=1.0, init_density=0.05, 
 SAELENS = SAELensRecipe(steps=BUDGET_STEPS, batch_size=BUDGET_BATCH)
 TIED_COEFS = (3.0, 5.0, 9.0, 15.0, 25.0)  # the frontier's grids (L0 ~10-100)
 SAELENS_COEFS = (0.4, 0.7, 1.2, 2.0, 3.0)
-ABLATION_COEFS = (5.0, 7.0, 10.0, 14.0, 20.0)  # around L0 30
+ABLATION_COEFS = (7.0, 10.0, 14.0, 20.0)  # around L0 30
 ABLATION_SAELENS_COEFS = (0.7, 1.0, 1.4, 2.0)
 
 
@@ -459,9 +466,10 @@ def cmd_ablation(args) -> None:
         recipes = {k: v for k, v in recipes.items() if any(o in k for o in args.only.split(","))}
     rows, grid = [], []
     for name, recipe in recipes.items():
-        g = run_grid("tied", recipe, 2, 0, ABLATION_COEFS, args.ce, ctx)
+        coefs = [float(c) for c in args.coefs.split(",")] if args.coefs else ABLATION_COEFS
+        g = run_grid("tied", recipe, 2, 0, coefs, args.ce, ctx)
         grid += [{"recipe": name, **x} for x in g]
-        rows.append({"recipe": name, "seconds_per_sae": g[0]["train_seconds_all"] / len(ABLATION_COEFS), **at_l0(g)})
+        rows.append({"recipe": name, "seconds_per_sae": g[0]["train_seconds_all"] / len(coefs), **at_l0(g)})
         print(rows[-1], flush=True)
     if not args.only or "SAELens" in args.only:
         g = run_grid("saelens", SAELENS, 2, 0, ABLATION_SAELENS_COEFS, args.ce, ctx)
@@ -510,7 +518,8 @@ def cmd_figure(args) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    grid = pd.read_csv(OUT / f"frontier_grid{args.suffix}.csv")
+    files = sorted(OUT.glob(f"frontier_grid{args.suffix}*.csv"))  # no suffix: every frontier run's grid
+    grid = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
     layers = sorted(grid.layer.unique())
     metrics = [m for m in ("fvu", "ce_recovered", "dense") if m in grid]
     labels = {"fvu": "FVU (held-out, lower is better)", "ce_recovered": "CE loss recovered (higher is better)",
@@ -567,14 +576,40 @@ def cmd_timing(args) -> None:
     write_csv(out, f"timing{args.suffix}")
 
 
+def cmd_tables(args) -> None:
+    """The ablation and frontier grids (every *_grid*.csv) interpolated to L0 = 30: written as
+    *_at_l0_30.csv and printed as markdown tables."""
+    import pandas as pd
+
+    cols = ["recipe", "layer", "seed", "coef", "fvu", "dense", "dead", "ce_recovered", "seconds_per_sae"]
+    for pattern in ("ablation_grid", "frontier_grid"):
+        files = sorted(OUT.glob(f"{pattern}{args.suffix}*.csv"))
+        if not files:
+            continue
+        grid = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+        rows = []
+        for (recipe, layer, seed), g in grid.groupby(["recipe", "layer", "seed"], sort=False):
+            n_coefs = g.coef.nunique()
+            rows.append({"recipe": recipe, "layer": layer, "seed": seed, **at_l0(g.to_dict("records")),
+                         "seconds_per_sae": g.train_seconds_all.iloc[0] / n_coefs})
+        table = pd.DataFrame(rows)
+        table = table[[c for c in cols if c in table]]
+        write_csv(table.to_dict("records"), pattern.replace("_grid", f"_at_l0_{TARGET_L0:g}") + args.suffix)
+        print(f"\n{pattern} (interpolated to L0 = {TARGET_L0:g})\n")
+        print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
+        for _, r in table.iterrows():
+            print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r) + " |")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["prepare", "ablation", "frontier", "figure", "timing"])
+    parser.add_argument("command", choices=["prepare", "ablation", "frontier", "figure", "timing", "tables"])
     parser.add_argument("--layers", default="1,2,3")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--quick", action="store_true", help="layer 2, seed 0, every other coefficient")
     parser.add_argument("--no-ce", dest="ce", action="store_false", help="skip CE loss recovered (faster)")
     parser.add_argument("--only", default="", help="ablation: comma-separated substrings of recipe names")
+    parser.add_argument("--coefs", default="", help="ablation: comma-separated coefficient grid (tied recipes)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timing: repeats (median)")
     parser.add_argument("--suffix", default="", help="appended to output file names")
@@ -582,7 +617,9 @@ def main(argv=None) -> None:
     if args.command == "prepare":
         prepare()
     else:
-        {"ablation": cmd_ablation, "frontier": cmd_frontier, "figure": cmd_figure, "timing": cmd_timing}[args.command](args)
+        commands = {"ablation": cmd_ablation, "frontier": cmd_frontier, "figure": cmd_figure, "timing": cmd_timing,
+                    "tables": cmd_tables}
+        commands[args.command](args)
 
 
 if __name__ == "__main__":
