@@ -13,6 +13,7 @@ _EXPORTS = {
     "load_model": "models", "resolve_device": "models", "default_model_name": "models",
     "load_texts": "data", "load_documents": "data", "NOTEBOOK_PROMPTS": "data", "TEST_PROMPTS": "data",
     "TiedSAE": "sae", "as_sae": "sae_interface",
+    "load_sae": "saelens_sae", "SAELensSAE": "saelens_sae", "REFERENCE_SAES": "saelens_sae",
     "collect_activations": "collect", "Activations": "activations",
     "Result": "results",
     "evaluate": "metrics", "ce_loss_recovered": "metrics", "EvalResult": "metrics", "CELossResult": "metrics",

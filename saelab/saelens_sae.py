@@ -121,12 +121,20 @@ class SAELensSAE:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Activations [..., d_in] -> features [..., d_sae] (dense), by SAELens's `encode`."""
         _check_last_dim("x", x, self.d_in, "d_in")
-        features = self.sae.encode(x)
-        return features.to_dense() if features.is_sparse else features
+        return self.encode_unchecked(x)
 
     def decode(self, features: torch.Tensor) -> torch.Tensor:
         """Features [..., d_sae] -> reconstruction [..., d_in], by SAELens's `decode`."""
         _check_last_dim("features", features, self.d_sae, "d_sae")
+        return self.decode_unchecked(features)
+
+    def encode_unchecked(self, x: torch.Tensor) -> torch.Tensor:
+        """`encode` without the shape check (for tools that checked their rows once)."""
+        features = self.sae.encode(x)
+        return features.to_dense() if features.is_sparse else features
+
+    def decode_unchecked(self, features: torch.Tensor) -> torch.Tensor:
+        """`decode` without the shape check."""
         return self.sae.decode(features)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

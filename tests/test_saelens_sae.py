@@ -23,7 +23,6 @@ from saelab.saelens_sae import REFERENCE_SAES, SAELensSAE, is_saelens_sae, load_
 LAYER = 2
 HOOK = f"blocks.{LAYER}.hook_resid_post"
 CTX = 64
-AFTER_MERGE = pytest.mark.skip(reason="enabled after as_sae dispatch is merged")
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +141,6 @@ def test_interface_metrics_match_saelens_evals(saved, model, eval_tokens, eval_r
                                atol=1e-6, rtol=0)
 
 
-@AFTER_MERGE
 def test_evaluate_matches_saelens_evals(saved, model, eval_tokens, eval_rows):
     from saelab.metrics import evaluate
 
@@ -157,7 +155,6 @@ def test_evaluate_matches_saelens_evals(saved, model, eval_tokens, eval_rows):
                                torch.tensor(feature_metrics["feature_density"], dtype=torch.float64), atol=1e-6, rtol=0)
 
 
-@AFTER_MERGE
 def test_every_tool_runs_on_saelens_saes(saved, model, test_texts):
     import saelab
 
@@ -238,7 +235,6 @@ def test_reference_sae_loads_offline_and_gives_the_cards_numbers(reference_check
     assert len(acts) == recorded["eval"]["n_tokens"]
 
 
-@AFTER_MERGE
 def test_reference_sae_evaluate_and_ce_give_the_cards_numbers(reference_check, model):
     import saelab
 
