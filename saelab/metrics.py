@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .activations import iter_row_batches
+from .models import accumulation
 from .results import Result, fmt
 from .sae_interface import as_sae
 from .validate import check_hook, check_int, check_layer, check_model, check_rows, check_texts
@@ -54,24 +55,28 @@ class EvalResult(Result):
 
 
 class _Sums:
-    """Running float64 sums over batches of rows x [b, d_in] and their features f [b, d_sae]."""
+    """Running float64 sums over batches of rows x [b, d_in] and their features f [b, d_sae].
+
+    Each batch is reduced on its device in `models.accumulation`'s dtype (float64 where the device has
+    it) and added to float64 totals on its home device (the CPU for MPS, which has no float64)."""
 
     def __init__(self, d_in: int, d_sae: int, device):
+        self.dtype, self.home = accumulation(device)
         f64 = torch.float64
-        self.sq_err = torch.zeros((), dtype=f64, device=device)
-        self.sq_norm = torch.zeros((), dtype=f64, device=device)
-        self.l1 = torch.zeros((), dtype=f64, device=device)
-        self.x = torch.zeros(d_in, dtype=f64, device=device)
-        self.active = torch.zeros(d_sae, dtype=torch.int64, device=device)
+        self.sq_err = torch.zeros((), dtype=f64, device=self.home)
+        self.sq_norm = torch.zeros((), dtype=f64, device=self.home)
+        self.l1 = torch.zeros((), dtype=f64, device=self.home)
+        self.x = torch.zeros(d_in, dtype=f64, device=self.home)
+        self.active = torch.zeros(d_sae, dtype=torch.int64, device=self.home)
         self.n = 0
 
     def add(self, x: torch.Tensor, features: torch.Tensor, reconstruction: torch.Tensor) -> None:
-        f64 = torch.float64
-        self.sq_err += (reconstruction - x).pow(2).sum(dtype=f64)
-        self.sq_norm += x.pow(2).sum(dtype=f64)
-        self.x += x.sum(dim=0, dtype=f64)
-        self.l1 += features.abs().sum(dtype=f64)
-        self.active += (features > 0).sum(dim=0)
+        dtype, home, f64 = self.dtype, self.home, torch.float64
+        self.sq_err += (reconstruction - x).pow(2).sum(dtype=dtype).to(home, f64)
+        self.sq_norm += x.pow(2).sum(dtype=dtype).to(home, f64)
+        self.x += x.sum(dim=0, dtype=dtype).to(home, f64)
+        self.l1 += features.abs().sum(dtype=dtype).to(home, f64)
+        self.active += (features != 0).sum(dim=0).to(home)   # != 0, as SAELens counts (features may be negative)
         self.n += x.shape[0]
 
 
@@ -86,7 +91,7 @@ def evaluate(sae, activations, batch_size: int = 4096) -> EvalResult:
       explained_variance = 1 - E||x - x_hat||^2 / (E||x||^2 - ||E x||^2)  (SAELens' formula; sums kept
                            in float64); NaN if the rows have zero variance
       fvu                = 1 - explained_variance (fraction of variance unexplained)
-      l0                 = mean number of active features (f > 0) per row
+      l0                 = mean number of active features (f != 0) per row
       l1                 = mean over rows of sum_i |f_i| (the seed's "sparsity" term is l1 / d_sae)
       feature_density    = [d_sae] fraction of rows on which each feature is active
       dead_fraction      = fraction of features never active on these rows
@@ -245,4 +250,5 @@ def _masked_ce_sum(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tenso
     """Sum of next-token CE over positions where mask [b, pos-1] is True; logits [b, pos, vocab]."""
     predicted = logits[:, :-1][mask].float()  # [n_real, vocab]: padding rows never reach the softmax
     targets = tokens[:, 1:][mask]
-    return F.cross_entropy(predicted, targets, reduction="none").sum(dtype=torch.float64).item()
+    dtype, _ = accumulation(logits.device)    # float64 where the device has it (not on MPS)
+    return F.cross_entropy(predicted, targets, reduction="none").sum(dtype=dtype).item()
