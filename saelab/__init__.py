@@ -13,6 +13,7 @@ _EXPORTS = {
     "load_model": "models", "resolve_device": "models", "default_model_name": "models",
     "load_texts": "data", "load_documents": "data", "NOTEBOOK_PROMPTS": "data", "TEST_PROMPTS": "data",
     "TiedSAE": "sae", "as_sae": "sae_interface",
+    "load_sae": "saelens_sae", "SAELensSAE": "saelens_sae", "REFERENCE_SAES": "saelens_sae",
     "collect_activations": "collect", "Activations": "activations",
     "Result": "results",
     "evaluate": "metrics", "ce_loss_recovered": "metrics", "EvalResult": "metrics", "CELossResult": "metrics",
@@ -21,11 +22,12 @@ _EXPORTS = {
     "SweepResult": "experiments", "CorrelationResult": "experiments", "LayerComparison": "experiments",
     "top_activating_examples": "features", "feature_logit_effects": "features", "feature_card": "features",
     "TopExamples": "features", "LogitEffects": "features", "FeatureCard": "features",
+    "match_features": "features", "FeatureMatches": "features",
 }
 
 #: Every result type saelab returns (each a `saelab.results.Result`).
 RESULT_TYPES = ("TrainResult", "EvalResult", "CELossResult", "SweepResult", "CorrelationResult",
-                "LayerComparison", "TopExamples", "LogitEffects", "FeatureCard")
+                "LayerComparison", "TopExamples", "LogitEffects", "FeatureCard", "FeatureMatches")
 
 __all__ = sorted(_EXPORTS)
 

@@ -16,19 +16,24 @@ Every tool (`evaluate`, `ce_loss_recovered`, `feature_correlation`, `top_activat
 - `sae.W_dec.device` / `sae.W_dec.dtype`: where and in what dtype to give it inputs.
 
 All four take inputs on the SAE's device and dtype. saelab's `TiedSAE` implements the
-interface itself; other SAE kinds (e.g. SAELens's) enter through an adapter added here.
+interface itself; a SAELens `SAE` object enters through the `saelens_sae.SAELensSAE` adapter.
 """
 from __future__ import annotations
 
 from .sae import TiedSAE
+from .saelens_sae import SAELensSAE, is_saelens_sae
 from .utils import describe
 
 
 def as_sae(name: str, sae):
     """`sae` as an object with the interface above, else ValueError naming `name`.
 
-    A saelab `TiedSAE` is returned as it is.
+    A saelab `TiedSAE` or a `SAELensSAE` is returned as it is; a SAELens `SAE` object (standard,
+    TopK, JumpReLU, ...) is wrapped in `SAELensSAE` (which refuses transcoders and the like).
     """
-    if isinstance(sae, TiedSAE):
+    if isinstance(sae, (TiedSAE, SAELensSAE)):
         return sae
-    raise ValueError(f"{name}: expected a saelab TiedSAE, got {describe(sae)}")
+    if is_saelens_sae(sae):
+        return SAELensSAE(sae, name=name)
+    raise ValueError(f"{name}: expected a saelab TiedSAE, a SAELens SAE or a SAELensSAE (load other SAEs with "
+                     f"saelab.load_sae), got {describe(sae)}")

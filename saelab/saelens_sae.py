@@ -14,7 +14,6 @@ itself (that would be a second copy of SAELens's math), so those need `pip insta
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -121,12 +120,20 @@ class SAELensSAE:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Activations [..., d_in] -> features [..., d_sae] (dense), by SAELens's `encode`."""
         _check_last_dim("x", x, self.d_in, "d_in")
-        features = self.sae.encode(x)
-        return features.to_dense() if features.is_sparse else features
+        return self.encode_unchecked(x)
 
     def decode(self, features: torch.Tensor) -> torch.Tensor:
         """Features [..., d_sae] -> reconstruction [..., d_in], by SAELens's `decode`."""
         _check_last_dim("features", features, self.d_sae, "d_sae")
+        return self.decode_unchecked(features)
+
+    def encode_unchecked(self, x: torch.Tensor) -> torch.Tensor:
+        """`encode` without the input check (for tools that checked their input once)."""
+        features = self.sae.encode(x)
+        return features.to_dense() if features.is_sparse else features
+
+    def decode_unchecked(self, features: torch.Tensor) -> torch.Tensor:
+        """`decode` without the input check."""
         return self.sae.decode(features)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,16 +195,9 @@ def load_sae(source, device=None):
 
 
 def _load_folder(folder: Path, device: torch.device):
-    file = folder / "cfg.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"source: expected a SAELens folder with cfg.json and sae_weights.safetensors, "
-                                f"got {folder} ({'no cfg.json in it' if folder.is_dir() else 'not a folder'})")
-    try:
-        cfg = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RuntimeError(f"{file} is corrupt: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise RuntimeError(f"{file} is corrupt: expected a JSON object, got {type(cfg).__name__}")
+    from .sae_format import read_folder
+
+    cfg = read_folder(folder)[0]
     metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     if metadata.get("saelab_class") == "TiedSAE":
         return TiedSAE.load(folder, device=device)
@@ -206,8 +206,8 @@ def _load_folder(folder: Path, device: torch.device):
     from sae_lens.registry import SAE_CLASS_REGISTRY
 
     if architecture not in SAE_CLASS_REGISTRY:
-        raise RuntimeError(f"{file}: architecture {architecture!r} is not one sae_lens {sae_lens.__version__} knows "
-                           f"(it knows {sorted(SAE_CLASS_REGISTRY)}); upgrade sae_lens or register the class")
+        raise RuntimeError(f"{folder / 'cfg.json'}: architecture {architecture!r} is not one sae_lens "
+                           f"{sae_lens.__version__} knows (it knows {sorted(SAE_CLASS_REGISTRY)}); upgrade sae_lens or register the class")
     sae = sae_lens.SAE.load_from_disk(str(folder), device=str(device))
     return SAELensSAE(sae)
 

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 sae_lens = pytest.importorskip("sae_lens")
 
@@ -23,7 +24,6 @@ from saelab.saelens_sae import REFERENCE_SAES, SAELensSAE, is_saelens_sae, load_
 LAYER = 2
 HOOK = f"blocks.{LAYER}.hook_resid_post"
 CTX = 64
-AFTER_MERGE = pytest.mark.skip(reason="enabled after as_sae dispatch is merged")
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,6 @@ def test_interface_metrics_match_saelens_evals(saved, model, eval_tokens, eval_r
                                atol=1e-6, rtol=0)
 
 
-@AFTER_MERGE
 def test_evaluate_matches_saelens_evals(saved, model, eval_tokens, eval_rows):
     from saelab.metrics import evaluate
 
@@ -157,7 +156,6 @@ def test_evaluate_matches_saelens_evals(saved, model, eval_tokens, eval_rows):
                                torch.tensor(feature_metrics["feature_density"], dtype=torch.float64), atol=1e-6, rtol=0)
 
 
-@AFTER_MERGE
 def test_every_tool_runs_on_saelens_saes(saved, model, test_texts):
     import saelab
 
@@ -191,9 +189,10 @@ def test_non_tied_folder_without_sae_lens_says_so(saved, tmp_path, monkeypatch):
 def test_unsupported_sources_and_architectures_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"source: expected a SAELens folder"):
         load_sae(3)
-    with pytest.raises(FileNotFoundError, match=r"no cfg.json"):
+    with pytest.raises(FileNotFoundError, match=r"cfg.json is missing"):
         load_sae(tmp_path)
     (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "no_such_arch", "d_in": 4, "d_sae": 8}))
+    save_file({"W_dec": torch.zeros(8, 4)}, str(tmp_path / "sae_weights.safetensors"))
     with pytest.raises(RuntimeError, match=r"architecture 'no_such_arch' is not one sae_lens"):
         load_sae(tmp_path)
     transcoder = sae_lens.Transcoder(sae_lens.TranscoderConfig(d_in=8, d_sae=16, d_out=8, apply_b_dec_to_input=False))
@@ -238,7 +237,6 @@ def test_reference_sae_loads_offline_and_gives_the_cards_numbers(reference_check
     assert len(acts) == recorded["eval"]["n_tokens"]
 
 
-@AFTER_MERGE
 def test_reference_sae_evaluate_and_ce_give_the_cards_numbers(reference_check, model):
     import saelab
 
