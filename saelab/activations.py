@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from saelab.models import resolve_device
-from saelab.utils import describe
+from saelab.utils import describe, token_text
 from saelab.validate import check_activations, check_index, check_int
 
 
@@ -131,7 +131,7 @@ class Activations:
     def _decode(self, ids) -> list[str]:
         if self._tokenizer is None:
             return [f"<{int(i)}>" for i in ids]
-        return [self._tokenizer.decode([int(i)]) for i in ids]
+        return [token_text(self._tokenizer, int(i)) for i in ids]
 
     def str_token(self, row: int) -> str:
         """The string of row `row`'s token."""

@@ -8,6 +8,7 @@ Heavy modules (torch, TransformerLens, nbformat) are imported inside the command
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,11 @@ COMMAND_HELP = {  # name: (one line for the command list, the command's --help d
             "Run the whole lab end to end: collect activations, the sparsity sweep (evaluated on "
             "held-out texts), feature co-activation, early vs late layers and feature cards. Writes "
             "DIR/report.html (opens offline; images embedded), the figures as PNG (DIR/figures), the "
-            "tables as CSV (DIR/tables) and the trained SAEs in SAELens format (DIR/saes)."),
+            "tables as CSV (DIR/tables), the trained SAEs in SAELens format (DIR/saes), the feature cards "
+            "(DIR/cards) and DIR/manifest.json (seed, model, settings, every file and its size). The run is "
+            "written beside DIR and moved into place only when complete: an interrupted or failed run leaves DIR "
+            "as it was. Rerunning into a DIR that holds a previous run replaces that run whole; a DIR holding "
+            "anything else is refused, and nothing is deleted."),
     "notebooks": ("build, check or execute the lab's notebooks",
                   "Each lab has one source (saelab/assets/labs/*.py, Jupytext's percent format with "
                   "'# BEGIN SOLUTION' / '# END SOLUTION' markers) from which the exercise notebook "
@@ -106,7 +111,10 @@ def _add_run(commands) -> None:
     run.add_argument("--seed", type=_seed, default=0, help="seed for the SAEs' weights and batch order (default: 0)")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
     run.add_argument("--max-tokens", type=_positive, default=None, metavar="N",
-                     help="training tokens per layer (default: 30000 for tiny, 200000 otherwise)")
+                     help=f"training tokens per layer, at least {MIN_MAX_TOKENS} (default: 30000 for tiny, "
+                          "200000 otherwise)")
+    run.add_argument("--force", action="store_true",
+                     help=f"run even with --max-tokens below {MIN_MAX_TOKENS} (numbers then mean little)")
     run.set_defaults(handler=_cmd_run)
 
 
@@ -298,19 +306,51 @@ def _cmd_release(args) -> int:
 
 # ------------------------------------------------------------------------------------------- run
 
+#: Fewer training tokens than this give SAEs that have not learned anything (explained variance
+#: can be far below 0), so `saelab run` refuses them unless --force is given.
+MIN_MAX_TOKENS = 2000
+
+
 def _check_out_dir(out: str) -> Path:
-    """The output folder, created and proven writable, else UsageError."""
+    """The output folder (not created: the run creates it when complete), else UsageError."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out: {path} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".saelab-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"--out: cannot write to {path} ({e.strerror or type(e).__name__})") from None
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        reason = "is not a folder" if not parent.is_dir() else "is not writable"
+        raise UsageError(f"--out: cannot write to {path} ({parent} {reason})")
     return path
+
+
+def _device_terms(message: str) -> str:
+    """resolve_device's message in a shell user's terms: no `None`, `--device` named."""
+    return (message.replace("device: ", "--device: ", 1).replace(" or None", " (or leave --device out)")
+            .replace("use 'cpu' (or leave --device out)", "use --device cpu, or leave --device out"))
+
+
+def estimate_run_seconds(model_name: str, max_tokens, model_cfg, device) -> float | None:
+    """Seconds `saelab run` is expected to take, or None when it has no estimate.
+
+    LEAD: after merging labconfig, switch the body to
+        from .labconfig import estimate_seconds, lab_settings
+        return estimate_seconds(lab_settings(model_name, max_tokens=max_tokens), model_cfg, device)
+    """
+    return None
+
+
+def _announcer(model_name: str, max_tokens):
+    """The run's `announce(model, device)`: a time estimate when the run cannot be short (not tiny, on CPU)."""
+    def announce(model, device) -> None:
+        if model_name == "tiny" or getattr(device, "type", str(device)) != "cpu":
+            return
+        seconds = estimate_run_seconds(model_name, max_tokens, model.cfg, device)
+        if seconds is not None:
+            print(f"saelab run: {model_name} on CPU: expect about {seconds / 60:.0f} min "
+                  f"(fewer with --max-tokens, far fewer on a GPU)", file=sys.stderr, flush=True)
+    return announce
 
 
 def _cmd_run(args) -> int:
@@ -319,22 +359,35 @@ def _cmd_run(args) -> int:
     name = args.model if args.model is not None else default_model_name()
     if not name.strip():
         raise UsageError("--model: expected a model name such as 'tiny' or 'gpt2-small'")
+    if args.max_tokens is not None and args.max_tokens < MIN_MAX_TOKENS and not args.force:
+        raise UsageError(f"--max-tokens: expected at least {MIN_MAX_TOKENS}, got {args.max_tokens}: fewer training "
+                         f"tokens give SAEs that learned nothing (explained variance below 0); add --force to run "
+                         f"anyway")
     start = time.perf_counter()
+    from .models import ModelUnavailableError
     try:
         from .report import run_lab
-        report = run_lab(name, out, seed=args.seed, device=args.device, max_tokens=args.max_tokens)
-    except ValueError as e:  # a bad model name or device, found by load_model / resolve_device
-        message = _in_cli_terms(str(e), {"name: ": "--model: ", "device: ": "--device: "})
+        report = run_lab(name, out, seed=args.seed, device=args.device, max_tokens=args.max_tokens,
+                         announce=_announcer(name, args.max_tokens))
+    except ModelUnavailableError as e:
+        print(f"saelab run: could not load --model {e.model_name}: {e.reason}. Use --model {e.offline_choice} "
+              f"(embedded, works offline), or connect to the internet once so that {e.model_name} is "
+              f"downloaded into the Hugging Face cache.", file=sys.stderr)
+        return 1
+    except ValueError as e:  # a bad model name, device or output folder, found before any work
+        text = str(e)
+        message = _device_terms(text) if text.startswith("device: ") else _in_cli_terms(
+            text, {"name: ": "--model: ", "path: ": "--out: "})
         if message is None:
             raise
-        raise UsageError(message) from None
+        raise UsageError(message.replace("which this save would delete; save into a new folder",
+                                         "which a rerun would delete; use another --out")) from None
     except RuntimeError as e:
         print(f"saelab run: {e}", file=sys.stderr)
         return 1
-    print(f"saelab run: finished in {time.perf_counter() - start:.0f}s; report: {report}")
+    print(f"saelab run: finished in {time.perf_counter() - start:.0f}s; report: {report} "
+          f"(cards in {out / 'cards'}, files listed in {out / 'manifest.json'})")
     return 0
-
-
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from saelab.activations import Activations, gather_rows, iter_row_batches
+from saelab.files import atomic_write_text
 from saelab.results import Result, fmt, pct
 from saelab.sae_interface import as_sae
 from saelab.utils import token_text, visible_token
@@ -347,16 +348,14 @@ class FeatureCard(Result):
         return self.html()
 
     def save(self, path) -> Path:
-        """Write a standalone .html page (no scripts, fonts or links: opens offline); returns the path."""
+        """Write a standalone .html page (no scripts, fonts or links: opens offline), atomically; returns the path."""
         path = Path(path)
         if path.suffix.lower() not in (".html", ".htm"):
             raise ValueError(f"path: expected a file name ending in .html, got {str(path)!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
         page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>"
                 f"{html.escape(f'saelab feature {self.feature}')}</title></head>"
                 f"<body style='margin:24px; background:#fff; color:#222'>{self.html()}</body></html>\n")
-        path.write_text(page, encoding="utf-8")
-        return path
+        return atomic_write_text(path, page)
 
 
 def _histogram_png(values: torch.Tensor, feature: int) -> str:

@@ -21,6 +21,7 @@ import copy
 from pathlib import Path
 
 from . import notebooks
+from .files import atomic_write_text
 
 SCHEMA_VERSION = 3
 
@@ -88,5 +89,5 @@ def build_nbgrader(folder: str | Path, sources=None, install_source: str | None 
         path = nbgrader_target(folder, source)
         text = notebooks.dumps(nb)
         if not (path.is_file() and path.read_bytes() == text.encode("utf-8")):
-            written.append(notebooks.write_atomic(path, text))
+            written.append(atomic_write_text(path, text))
     return written

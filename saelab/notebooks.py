@@ -30,11 +30,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from .files import atomic_write_text
 
 LABS_DIR = Path(__file__).resolve().parent / "assets" / "labs"
 VARIANTS = ("exercise", "solution")
@@ -269,21 +269,6 @@ def dumps(nb) -> str:
     return nbformat.writes(nb, version=4) + "\n"
 
 
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` through a temporary file beside it, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def without_outputs(nb):
     """A copy of `nb` with code cells' outputs and execution counts cleared."""
     nb = copy.deepcopy(nb)
@@ -355,7 +340,7 @@ def build(root: str | Path | None = None, sources=None, install_source: str | No
                 text = dumps(_keep_outputs(nb, old))
             elif old is not None and path.read_bytes() == text.encode("utf-8"):
                 continue
-            written.append(write_atomic(path, text))
+            written.append(atomic_write_text(path, text))
     return written
 
 

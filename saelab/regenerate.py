@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from . import notebooks
+from .files import atomic_write_text
 
 DIGITS = 3
 IMAGE_TOLERANCE = 0.01
@@ -191,7 +192,7 @@ def execute(root=None, sources=None, **run) -> list[tuple[Path, str]]:
         if same_cells and not compare_outputs(old, nb):
             done.append((path, f"kept (outputs unchanged at {DIGITS} significant digits)"))
             continue
-        notebooks.write_atomic(path, notebooks.dumps(nb))
+        atomic_write_text(path, notebooks.dumps(nb))
         done.append((path, "written"))
     return done
 

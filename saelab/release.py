@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from . import grading, notebooks, regenerate
+from .files import atomic_write_text
 
 MANIFEST = "manifest.json"
 
@@ -85,7 +86,7 @@ def release(folder: str | Path, install_source: str, sources=None, nbgrader: boo
         if nbgrader:
             grading.build_nbgrader(work / "nbgrader", sources, install_source)
         text = json.dumps(manifest(work, install_source), indent=1, sort_keys=True) + "\n"
-        notebooks.write_atomic(work / MANIFEST, text)
+        atomic_write_text(work / MANIFEST, text)
         if folder.is_dir():
             folder.rmdir()  # empty (checked above)
         os.replace(work, folder)

@@ -22,6 +22,27 @@ COEF = 10.0
 BATCH_SIZE, LR = 256, 5e-3
 N_CARDS = 4
 N_STAGES = 7
+#: Column headers as displayed in the report (the CSV files keep the plain names).
+UNITS = {"mse": "mse (per dimension)", "ce_loss_clean": "ce_loss_clean (nats/token)",
+         "ce_loss_spliced": "ce_loss_spliced (nats/token)", "ce_loss_zero": "ce_loss_zero (nats/token)",
+         "ce_loss_zeroed": "ce_loss_zeroed (nats/token)"}
+#: What a finished run folder holds: a rerun into a folder holding only these replaces it whole.
+RUN_ENTRIES = ("report.html", "manifest.json", "figures", "tables", "saes", "cards")
+GLOSSARY = (
+    ("MSE per dimension (mse)", "the mean of (x - x_hat)^2 over rows and over the d_model dimensions, in squared "
+     "activation units. SAELens reports the sum over dimensions: its MSE is this times d_model."),
+    ("L1 (l1)", "the mean over rows of the sum of |f_i| over features f."),
+    ("L0 (l0)", "the mean number of active features (f_i > 0) per row: a count."),
+    ("FVU (fvu)", "fraction of variance unexplained, sum (x - x_hat)^2 / sum (x - mean row)^2: 0 is perfect, 1 no "
+     "better than always predicting the mean row."),
+    ("Explained variance (explained_variance)", "1 - FVU."),
+    ("Dead fraction / dense fraction", "the share of features never active on the evaluation rows / active on more "
+     "than 10% of them."),
+    ("CE loss recovered (ce_loss_recovered)", "(CE_zeroed - CE_spliced) / (CE_zeroed - CE_clean), from the model's "
+     "mean next-token cross-entropy in nats per token: clean, with the SAE's reconstruction spliced in "
+     "(ce_loss_spliced) and with the activation zeroed. 1: the SAE costs nothing; 0: as bad as deleting the "
+     "activation."),
+)
 
 
 class _Report:
@@ -42,8 +63,8 @@ class _Report:
     def table(self, df, name: str, caption: str = "", index: bool = False) -> None:
         path = self.out / "tables" / f"{name}.csv"
         df.to_csv(path, index=index)
-        shown = df.to_html(index=index, border=0, classes="data",
-                           float_format=lambda v: f"{v:.4g}", na_rep="")
+        from .results import format_table
+        shown = format_table(df).rename(columns=UNITS).to_html(index=index, border=0, classes="data", na_rep="")
         self.parts.append(f"<figure>{shown}<figcaption>{html.escape(caption)} "
                           f"<a href='tables/{name}.csv'>{name}.csv</a></figcaption></figure>")
 
@@ -149,7 +170,7 @@ class _Lab:
     progress: bool
 
 
-def _setup(model_name: str, out: Path, seed: int, device, sizes: dict, progress: bool) -> _Lab:
+def _setup(model_name: str, out: Path, seed: int, device, sizes: dict, progress: bool, announce=None) -> _Lab:
     from . import __version__
     from .data import load_texts
     from .experiments import notebook_layer
@@ -158,13 +179,16 @@ def _setup(model_name: str, out: Path, seed: int, device, sizes: dict, progress:
     dev = resolve_device(device)
     model = load_model(model_name, device=dev)
     _stage(1, N_STAGES, f"loaded model {model_name!r} on {dev}")
+    if announce is not None:
+        announce(model, dev)
     lab = _Lab(model_name, model, dev, seed, sizes, notebook_layer(model), load_texts("train"), load_texts("test"),
                _Report(out), out / "saes", progress)
     lab.report.add(f"<p class='note'>Model <code>{html.escape(model_name)}</code> ({model.cfg.n_layers} layers, "
                    f"d_model {model.cfg.d_model}) on {dev}; seed {seed}; saelab {__version__}. Tied ReLU SAEs with "
                    f"{4 * model.cfg.d_model} features (4 × d_model) on <code>resid_post</code>, trained on the "
                    f"shipped training texts and evaluated on held-out test texts. Tables are in <code>tables/</code>, "
-                   f"figures in <code>figures/</code>, SAEs (SAELens format) in <code>saes/</code>.</p>")
+                   f"figures in <code>figures/</code>, SAEs (SAELens format) in <code>saes/</code>, feature cards in "
+                   f"<code>cards/</code>; <code>manifest.json</code> lists the run's settings and files.</p>")
     return lab
 
 
@@ -179,7 +203,7 @@ def _activations_section(lab: _Lab):
                                progress=lab.progress)[layer]
     test_acts = collect_activations(lab.model, lab.test_texts, [layer], max_tokens=lab.sizes["eval_tokens"],
                                     progress=lab.progress)[layer]
-    report.add("<h2>1. Activations</h2>")
+    report.add("<h2>Part 2 (exercise 2): Activations, without the BOS rows</h2>")
     report.text(f"{len(acts):,} training rows and {len(test_acts):,} held-out rows of resid_post at layer {layer} "
                 f"(the original notebook's layer 6 of 12 at the same relative depth). BOS rows are dropped: at "
                 f"position 0 the model sees only the BOS token, so every text's BOS row is the same vector (largest "
@@ -206,11 +230,16 @@ def _sweep_section(lab: _Lab, acts, test_acts):
                            texts=lab.test_texts[:lab.sizes["ce_texts"]], progress=lab.progress, device=lab.device)
     for coef, sae in sweep.saes.items():
         sae.save(lab.saes_dir / f"sweep_layer{lab.layer}_coef{coef:g}")
-    report.add("<h2>2. Sparsity sweep (exercise 1)</h2>")
+    report.add("<h2>Part 3 (exercise 3): Sparsity sweep</h2>")
     report.text(sweep.summary())
     report.table(sweep.table.drop(columns=["evaluated_on"]), "sparsity_sweep",
-                 "One SAE per sparsity coefficient, measured on held-out rows. FVU = fraction of variance "
-                 "unexplained; L0 = active features per token; CE loss recovered on held-out texts.")
+                 "One SAE per sparsity coefficient, measured on held-out rows. mse: squared error per dimension "
+                 "(SAELens's MSE is d_model times larger); l1: sum of |features| per token; l0: active features "
+                 "per token; fvu: fraction of variance unexplained; dead_fraction / dense_fraction: share of "
+                 "features never active / active on more than 10% of tokens; ce_loss_clean and ce_loss_spliced: "
+                 "the model's next-token cross-entropy in nats per token without and with the SAE spliced in; "
+                 "ce_loss_recovered: 1 = the SAE costs nothing, 0 = as bad as zeroing the activation. See the "
+                 "glossary at the end.")
     report.figure(sweep.plot(), "sparsity_tradeoff", "The trade-off: sparser codes (lower L0) reconstruct worse.")
     report.figure(sweep.plot_history(), "sparsity_training", "Training curves (values on each step's batch).")
     flatter = pd.DataFrame([{"coef": c, "fvu_training_rows": evaluate(s, acts).fvu,
@@ -229,7 +258,7 @@ def _correlation_section(lab: _Lab, sae, test_acts):
     report = lab.report
     _stage(4, N_STAGES, "feature co-activation")
     correlation = feature_correlation(sae, test_acts, progress=lab.progress)
-    report.add("<h2>3. Feature co-activation (exercise 2)</h2>")
+    report.add("<h2>Part 4 (exercise 4): Feature co-activation</h2>")
     report.text(f"The SAE with sparsity_coef {COEF:g} (near the knee of the trade-off). {correlation.summary()}")
     if len(correlation.table):
         report.table(correlation.table, "top_correlated_pairs",
@@ -254,52 +283,83 @@ def _layers_section(lab: _Lab) -> None:
                             batch_size=BATCH_SIZE, seed=lab.seed, progress=lab.progress, device=lab.device)
     for lay, layer_sae in layers.saes.items():
         layer_sae.save(lab.saes_dir / f"layer{lay}_coef{layers.settings['sparsity_coef']:g}")
-    report.add("<h2>4. Early vs late layers (exercise 3)</h2>")
+    report.add("<h2>Part 5 (exercise 5): Early vs late layers</h2>")
     report.text(layers.summary())
     report.table(layers.table.drop(columns=["evaluated_on"]), "layer_comparison",
-                 "Raw MSE grows with the residual norm, so compare layers by FVU.")
+                 "One SAE per layer, same sparsity coefficient, held-out rows. mse is per dimension and grows with "
+                 "the residual norm (activation_norm), so compare layers by fvu; see the glossary at the end.")
     report.figure(layers.plot(), "layer_comparison")
     report.table(layers.prompt_table, "layer_test_prompts",
                  "The original notebook's test prompts: active features and the strongest feature at the last token.")
 
 
-def _cards_section(lab: _Lab, sae, density, correlation, test_acts, out: Path) -> None:
+def _cards_section(lab: _Lab, sae, density, correlation, test_acts) -> None:
     """Section 5: feature cards of the studied SAE, each also saved as cards/feature_N.html."""
     from .features import feature_card
 
     _stage(6, N_STAGES, f"feature cards ({N_CARDS})")
-    lab.report.add("<h2>5. Feature cards</h2>")
+    lab.report.add("<h2>Part 6: Feature cards</h2>")
     lab.report.text(f"Features of the coef {COEF:g} SAE at layer {lab.layer}: the top correlated pair, then typical "
                     "features (density nearest the median of the alive, not dense ones). Where do they fire, and "
-                    "what do they push the next-token prediction towards?")
+                    "what do they push the next-token prediction towards? Each card is also saved on its own "
+                    "as cards/feature_N.html.")
     for f in _pick_card_features(correlation, density, N_CARDS):
         card = feature_card(lab.model, sae, test_acts, f)
-        card.save(out / "cards" / f"feature_{f}.html")
+        card.save(lab.report.out / "cards" / f"feature_{f}.html")
         lab.report.add(card.html())
 
 
-def run_lab(model_name: str, out: Path, seed: int = 0, device=None, max_tokens: int | None = None,
-            progress: bool = True, steps: int | None = None) -> Path:
-    """Run the whole lab on `model_name` and write `out/report.html` with figures, tables and SAEs.
+def _glossary(report: _Report) -> None:
+    """The words and units of the tables, as in the lab's Part 3 glossary."""
+    items = "".join(f"<dt><b>{html.escape(term)}</b></dt><dd>{html.escape(text)}</dd>" for term, text in GLOSSARY)
+    report.add(f"<h2>Glossary: the numbers in the tables</h2><dl>{items}</dl>")
 
-    Sizes come from RUN_SIZES (per model) or RUN_SIZES_DEFAULT; max_tokens (training rows per layer)
-    and steps (training steps of every SAE) override them, e.g. for a quick smoke run.
+
+def _write_manifest(folder: Path, lab: _Lab, seconds: float) -> None:
+    """folder/manifest.json, written last: seed, model, device, settings, and every file with its size."""
+    import json
+
+    from . import __version__
+    files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+    manifest = {"saelab": __version__, "model": lab.model_name, "seed": lab.seed, "device": str(lab.device),
+                "settings": {**lab.sizes, "coefs": list(SWEEP_COEFS), "coef": COEF, "batch_size": BATCH_SIZE,
+                             "lr": LR}, "seconds": round(seconds, 1), "files": files}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+
+
+def run_lab(model_name: str, out: Path, seed: int = 0, device=None, max_tokens: int | None = None,
+            progress: bool = True, steps: int | None = None, announce=None) -> Path:
+    """Run the whole lab on `model_name` into the run folder `out`; returns `out/report.html`.
+
+    The run is written into a fresh folder beside `out` and swapped in only when complete, with
+    `manifest.json` (seed, model, settings, every file and its size) written last: an interrupted
+    or failed run leaves `out` as it was (a previous run whole, or absent). A finished run replaces
+    a previous run in `out` whole; `out` holding anything but a run's files (RUN_ENTRIES) is refused
+    with ValueError("path: ...") before any work. Sizes come from RUN_SIZES (per model) or
+    RUN_SIZES_DEFAULT; max_tokens (training rows per layer) and steps override them. `announce(model,
+    device)`, if given, is called once the model is loaded, before the long work (the CLI's estimate).
     """
     import torch
+
+    from .files import atomic_folder
 
     started = time.perf_counter()
     sizes = dict(RUN_SIZES.get(model_name, RUN_SIZES_DEFAULT))
     sizes.update({k: v for k, v in (("max_tokens", max_tokens), ("steps", steps)) if v is not None})
     out = Path(out)
-    lab = _setup(model_name, out, seed, device, sizes, progress)
-    acts, test_acts = _activations_section(lab)
-    sweep = _sweep_section(lab, acts, test_acts)
-    sae = sweep.saes[COEF]
-    correlation = _correlation_section(lab, sae, test_acts)
-    _layers_section(lab)
-    _cards_section(lab, sae, sweep.metrics[COEF].feature_density, correlation, test_acts, out)
-    _stage(7, N_STAGES, "writing the report")
-    lab.report.add(f"<p style='color:#777;font-size:12px;margin-top:32px'>Generated by <code>saelab run --model "
-                   f"{html.escape(model_name)} --seed {seed}</code> in {time.perf_counter() - started:.0f}s.</p>")
-    torch.set_grad_enabled(True)
-    return lab.report.write(f"Lab C.4: Feature extraction with SAEs: report ({model_name})")
+    with atomic_folder(out, replaceable=RUN_ENTRIES) as folder:
+        lab = _setup(model_name, folder, seed, device, sizes, progress, announce)
+        acts, test_acts = _activations_section(lab)
+        sweep = _sweep_section(lab, acts, test_acts)
+        sae = sweep.saes[COEF]
+        correlation = _correlation_section(lab, sae, test_acts)
+        _layers_section(lab)
+        _cards_section(lab, sae, sweep.metrics[COEF].feature_density, correlation, test_acts)
+        _stage(7, N_STAGES, "writing the report")
+        _glossary(lab.report)
+        lab.report.add(f"<p style='color:#777;font-size:12px;margin-top:32px'>Generated by <code>saelab run --model "
+                       f"{html.escape(model_name)} --seed {seed}</code> in {time.perf_counter() - started:.0f}s.</p>")
+        torch.set_grad_enabled(True)
+        lab.report.write(f"Lab C.4: Feature extraction with SAEs: report ({model_name})")
+        _write_manifest(folder, lab, time.perf_counter() - started)
+    return out / "report.html"

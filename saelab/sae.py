@@ -14,24 +14,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .sae_format import CFG_FILENAME, WEIGHTS_FILENAME, load_tied, save_tied
 from .utils import describe
 from .validate import check_float, check_int
 
-CFG_FILENAME = "cfg.json"
-WEIGHTS_FILENAME = "sae_weights.safetensors"
 
 
 class TiedSAE(nn.Module):
     """A tied-weight ReLU SAE: `encoder = nn.Linear(d_model, n_features)`, decoder = encoder weight.
 
-    d_model: width of the activations it reads; n_features: dictionary size (the seed uses 4 * d_model).
-    seed: None draws the initial weights from torch's global RNG exactly as the seed notebook does;
+    d_model: width of the activations it reads; n_features: dictionary size (the notebook uses 4 * d_model).
+    seed: None draws the initial weights from torch's global RNG exactly as the original notebook does;
           an int draws them from a private RNG seeded with it (the global RNG state is untouched), and
-          `TiedSAE(d, n, seed=s)` equals `torch.manual_seed(s); SparseAutoencoder(d, n)` from the seed.
+          `TiedSAE(d, n, seed=s)` equals `torch.manual_seed(s); SparseAutoencoder(d, n)` from the notebook.
     metadata: a JSON-able dict (hook_name, layer, model_name, training settings) saved in cfg.json.
     """
 
     def __init__(self, d_model: int, n_features: int, seed: int | None = None):
+        """TiedSAE(d_model, n_features, seed=None): weights W [n_features, d_model] (Kaiming-uniform, as
+        in the original notebook), b_enc [n_features] and b_dec [d_model] (zeros); see the class docstring."""
         super().__init__()
         check_int("d_model", d_model, minimum=1)
         check_int("n_features", n_features, minimum=1)
@@ -164,8 +165,6 @@ class TiedSAE(nn.Module):
         may hold only an SAE folder's files). Refuses NaN / inf in the weights or the metadata.
         cfg.json's metadata also carries SAELens's dataset keys (`sae_format.SAELENS_DATASET_DEFAULTS`).
         """
-        from .sae_format import save_tied
-
         return save_tied(self, path)
 
     @classmethod
@@ -173,8 +172,6 @@ class TiedSAE(nn.Module):
         """Load a folder written by `save` (or any SAELens "standard" SAE whose W_enc is W_dec.T and
         apply_b_dec_to_input is false). device: None picks cuda, then mps, then cpu. Refuses
         tensors whose dtype is not cfg.json's `dtype`."""
-        from .sae_format import load_tied
-
         return load_tied(path, device, cls)
 
 

@@ -18,8 +18,10 @@ import torch
 
 from .data import TEXTS_DIR
 from .files import atomic_folder
-from .sae import CFG_FILENAME, WEIGHTS_FILENAME, TiedSAE
 from .utils import describe
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
 
 # The SAELens on-disk format version we write (SAELens treats configs without it as pre-6.0 and
 # rewrites them, dropping our metadata). It names the format, not the installed SAELens.
@@ -68,7 +70,7 @@ def _check_finite_json(name: str, value) -> None:
             _check_finite_json(f"{name}[{i}]", v)
 
 
-def save_tied(sae: TiedSAE, path) -> Path:
+def save_tied(sae, path) -> Path:
     """Write `sae` as the SAELens folder `path/` (see `TiedSAE.save`); returns the folder."""
     from safetensors.torch import save_file
 
@@ -101,8 +103,8 @@ def save_tied(sae: TiedSAE, path) -> Path:
     return folder
 
 
-def load_tied(path, device=None, cls=TiedSAE) -> TiedSAE:
-    """Load a tied SAE folder (see `TiedSAE.load`) as `cls`."""
+def load_tied(path, device, cls):
+    """Load a tied SAE folder (see `TiedSAE.load`) as `cls` (saelab.TiedSAE)."""
     from .models import resolve_device
 
     folder = Path(path)

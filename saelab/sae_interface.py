@@ -16,7 +16,8 @@ Every tool (`evaluate`, `ce_loss_recovered`, `feature_correlation`, `top_activat
 - `sae.W_dec.device` / `sae.W_dec.dtype`: where and in what dtype to give it inputs.
 
 All four take inputs on the SAE's device and dtype. saelab's `TiedSAE` implements the
-interface itself; a SAELens `SAE` object enters through the `saelens_sae.SAELensSAE` adapter.
+interface itself; a SAELens SAE object enters through `saelens_sae.SAELensSAE`, which calls
+SAELens's own encode/decode (see `saelab.load_sae`).
 """
 from __future__ import annotations
 
@@ -28,12 +29,12 @@ from .utils import describe
 def as_sae(name: str, sae):
     """`sae` as an object with the interface above, else ValueError naming `name`.
 
-    A saelab `TiedSAE` or a `SAELensSAE` is returned as it is; a SAELens `SAE` object (standard,
-    TopK, JumpReLU, ...) is wrapped in `SAELensSAE` (which refuses transcoders and the like).
+    A saelab `TiedSAE` or a `SAELensSAE` is returned as it is; a SAELens SAE object is wrapped in a
+    `SAELensSAE` (no copy of its weights or math).
     """
     if isinstance(sae, (TiedSAE, SAELensSAE)):
         return sae
     if is_saelens_sae(sae):
         return SAELensSAE(sae, name=name)
-    raise ValueError(f"{name}: expected a saelab TiedSAE, a SAELens SAE or a SAELensSAE (load other SAEs with "
-                     f"saelab.load_sae), got {describe(sae)}")
+    raise ValueError(f"{name}: expected a saelab TiedSAE or a SAELens SAE (load one with saelab.load_sae), "
+                     f"got {describe(sae)}")

@@ -128,12 +128,12 @@ class SAELensSAE:
         return self.decode_unchecked(features)
 
     def encode_unchecked(self, x: torch.Tensor) -> torch.Tensor:
-        """`encode` without the input check (for tools that checked their input once)."""
+        """`encode` without the shape check (for tools that checked their rows once)."""
         features = self.sae.encode(x)
         return features.to_dense() if features.is_sparse else features
 
     def decode_unchecked(self, features: torch.Tensor) -> torch.Tensor:
-        """`decode` without the input check."""
+        """`decode` without the shape check."""
         return self.sae.decode(features)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,7 +207,8 @@ def _load_folder(folder: Path, device: torch.device):
 
     if architecture not in SAE_CLASS_REGISTRY:
         raise RuntimeError(f"{folder / 'cfg.json'}: architecture {architecture!r} is not one sae_lens "
-                           f"{sae_lens.__version__} knows (it knows {sorted(SAE_CLASS_REGISTRY)}); upgrade sae_lens or register the class")
+                           f"{sae_lens.__version__} knows (it knows {sorted(SAE_CLASS_REGISTRY)}); upgrade sae_lens "
+                           f"or register the class")
     sae = sae_lens.SAE.load_from_disk(str(folder), device=str(device))
     return SAELensSAE(sae)
 

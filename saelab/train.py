@@ -104,10 +104,21 @@ def adam(params, lr: float) -> torch.optim.Adam:
     """The seed's optimizer (Adam, default betas and eps) over `params`; the fused kernel where torch
     has one for the device (one pass over the weights instead of ~10), else the default implementation."""
     params = list(params)
-    try:
+    if params and _fused_adam_works(params[0]):
         return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # no fused Adam for this device / torch version
-        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def _fused_adam_works(param: torch.Tensor) -> bool:
+    """Whether one fused Adam step runs on a 1-element tensor like `param` (recent torch checks fused
+    support at the first step(), not at construction; MPS and "meta" may have no kernel)."""
+    try:
+        probe = torch.zeros(1, dtype=param.dtype, device=param.device, requires_grad=True)
+        probe.grad = torch.zeros_like(probe)
+        torch.optim.Adam([probe], lr=1e-3, fused=True).step()
+        return True
+    except (RuntimeError, TypeError, ValueError, NotImplementedError):  # no fused Adam for this device / torch
+        return False
 
 
 @dataclass
@@ -338,7 +349,7 @@ class TrainResult(Result):
         ax_recon.set(xlabel="training step", ylabel="loss", title="Loss")
         if (h[["recon", "loss"]] > 0).all().all():
             ax_recon.set_yscale("log")
-        ax_recon.legend()
+        ax_recon.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=9)  # below the data
         ax_l0.plot(h["step"], h["l0"], color="tab:green")
         ax_l0.set(xlabel="training step", ylabel="L0 (active features per token)", title="Sparsity")
         fig.tight_layout()

@@ -208,3 +208,50 @@ def test_release_passes_its_options_on(tmp_path, capsys, monkeypatch):
     assert code == 0 and out.startswith(f"saelab release: wrote {tmp_path / 'out'}")
     assert seen == {"folder": str(tmp_path / "out"), "install_source": "x.whl", "sources": [source],
                     "nbgrader": True, "wheel": False, "model": "tiny", "timeout": 900}
+
+
+def test_run_refuses_too_few_tokens_unless_forced(tmp_path, capsys):
+    code, _, err = run(["run", "--max-tokens", "10", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "--max-tokens: expected at least 2000, got 10" in err and "--force" in err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--model", "no-such-model"], "--model: unknown model"),
+    (["--device", "quantum"], "--device: expected 'cpu', 'cuda', 'cuda:N', 'mps' (or leave --device out), got 'quantum'"),
+])
+def test_a_failed_run_leaves_no_output_folder(tmp_path, capsys, argv, words):
+    code, _, err = run(["run", *argv, "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and words in err and "None" not in err
+    assert list(tmp_path.iterdir()) == []  # no folder, no temp
+
+
+def test_offline_model_fails_fast_in_cli_terms(tmp_path, capsys, monkeypatch):
+    import time
+    import transformer_lens  # noqa: F401  (imported before timing: the limit is on the failure itself)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    code, _, err = run(["run", "--model", "gpt2-small", "--out", str(tmp_path / "out")], capsys)
+    assert time.perf_counter() - start < 5
+    assert code == 1 and "--model tiny" in err and "load_model" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_refuses_a_folder_holding_other_files(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    code, _, err = run(["run", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "--out: " in err and "notes.txt" in err and "use another --out" in err
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_a_slow_run_announces_its_estimate(capsys, monkeypatch):
+    import torch
+    monkeypatch.setattr(cli, "estimate_run_seconds", lambda name, max_tokens, cfg, device: 1800.0)
+    model = type("M", (), {"cfg": object()})()
+    cli._announcer("gpt2-small", None)(model, torch.device("cpu"))
+    assert "expect about 30 min" in capsys.readouterr().err
+    cli._announcer("tiny", None)(model, torch.device("cpu"))
+    cli._announcer("gpt2-small", None)(model, torch.device("meta"))
+    assert capsys.readouterr().err == ""

@@ -211,8 +211,7 @@ def test_byte_and_control_tokens_display_alike_in_logit_lists_top_examples_and_c
 def test_activations_name_byte_tokens_like_the_logit_lists(model):
     acts = collect_activations(model, [BYTE_TEXT], 0, progress=False)
     shown = [acts.str_token(r) for r in range(len(acts))]
-    if "\ufffd" in "".join(shown):
-        pytest.xfail("waiting for core-A2: Activations should decode tokens with saelab.utils.token_text")
+    assert "\ufffd" not in "".join(shown)
     assert shown[3:6] == ["<0xE2>", "<0x98>", "<0x83>"]
 
 

@@ -87,13 +87,14 @@ def test_standin_script_reuses_a_written_cache_and_prints_the_env(gpt2_hf_home):
     assert f"HF_HOME={gpt2_hf_home}" in result.stdout and "HF_HUB_OFFLINE=1" in result.stdout
 
 
-@pytest.mark.skip(reason="enabled by the lead after the run-size fix")
+@pytest.mark.skip(reason="needs lab's labconfig (steps follow the rows): with today's RUN_SIZES_DEFAULT "
+                         "(3000 steps x 5 SAEs) this run takes over 15 min on 2 CPU cores; remove after merging it")
 def test_cli_run_on_gpt2_small_completes(gpt2_hf_home, tmp_path):
     out = tmp_path / "run"
     result = run_cli(["run", "--model", "gpt2-small", "--max-tokens", "2000", "--out", str(out)], timeout=600,
                      **gpt2_standin.offline_env(gpt2_hf_home))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (out / "report.html").is_file()
+    assert (out / "report.html").is_file() and (out / "manifest.json").is_file()
 
 
 @pytest.mark.skip(reason="enabled by the lead after the run-size fix")

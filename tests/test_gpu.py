@@ -157,8 +157,6 @@ def test_accumulation_recipe_gives_float64_totals_on_cpu():
     assert total.dtype == torch.float64 and total.item() == 285.0
 
 
-@pytest.mark.xfail(strict=True, reason="train.adam catches a fused-Adam error at construction, but recent "
-                   "torch (2.13 here) raises it at the first step(); remove this mark when adam() probes a step")
 def test_adam_steps_where_torch_has_no_fused_kernel():
     """Parameters on a device without a fused Adam kernel ("meta" here; MPS on older torch) get plain Adam."""
     from saelab import train

@@ -191,7 +191,7 @@ def test_as_sae_admits_a_tied_sae_with_the_whole_interface():
         f = sae.encode(x)
         torch.testing.assert_close(sae.decode_unchecked(f), sae.decode(f), rtol=0, atol=0)
     for bad in (torch.nn.Linear(6, 10), "sae", None):
-        with pytest.raises(ValueError, match=r"^model_sae: expected a saelab TiedSAE, a SAELens SAE.*saelab.load_sae"):
+        with pytest.raises(ValueError, match=r"^model_sae: expected a saelab TiedSAE or a SAELens SAE \(load one with saelab.load_sae\), got "):
             as_sae("model_sae", bad)
 
 

@@ -27,8 +27,9 @@ def test_report_page_figures_and_cards(lab_run):
     out, path = lab_run
     assert path == out / "report.html"
     page = path.read_text(encoding="utf-8")
-    for heading in ("1. Activations", "2. Sparsity sweep", "3. Feature co-activation", "4. Early vs late layers",
-                    "5. Feature cards"):
+    for heading in ("Part 2 (exercise 2): Activations", "Part 3 (exercise 3): Sparsity sweep",
+                    "Part 4 (exercise 4): Feature co-activation", "Part 5 (exercise 5): Early vs late layers",
+                    "Part 6: Feature cards", "Glossary", "nats", "per dimension", "cards/"):
         assert heading in page
     assert "saelab run --model tiny --seed 0" in page and page.count("data:image/png;base64,") >= 5
     figures = {p.name for p in (out / "figures").iterdir()}
@@ -76,3 +77,73 @@ def test_layer_and_other_tables(lab_run, model):
     pairs = pd.read_csv(out / "tables" / "top_correlated_pairs.csv")
     assert (pairs["feature_i"] < pairs["feature_j"]).all() and pairs["correlation"].between(-1, 1).all()
     assert list(pairs["correlation"]) == sorted(pairs["correlation"], reverse=True)
+
+
+def _run_small(out, seed, **kw):
+    return run_lab("tiny", out, seed=seed, device="cpu", max_tokens=MAX_TOKENS, steps=STEPS, progress=False, **kw)
+
+
+def test_manifest_lists_every_file_and_the_settings(lab_run):
+    import json
+    out, _ = lab_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["model"], manifest["seed"], manifest["settings"]["steps"]) == ("tiny", 0, STEPS)
+    files = {p.relative_to(out).as_posix(): p.stat().st_size for p in out.rglob("*") if p.is_file()}
+    assert manifest["files"] == {k: v for k, v in files.items() if k != "manifest.json"}
+    assert not [p for p in out.parent.iterdir() if ".saelab-tmp-" in p.name]
+
+
+def test_a_failed_rerun_keeps_the_old_run_and_a_finished_one_replaces_it(lab_run, tmp_path, monkeypatch):
+    import json
+    import shutil
+    old, _ = lab_run
+    out = tmp_path / "run"
+    shutil.copytree(old, out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+
+    def fail(lab):
+        raise RuntimeError("injected mid-run")
+    with monkeypatch.context() as m:
+        m.setattr(report_module, "_layers_section", fail)
+        with pytest.raises(RuntimeError, match="injected"):
+            _run_small(out, seed=1)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temp folder left
+    (out / "cards" / "feature_999999.html").write_text("a card of an older run")
+    _run_small(out, seed=1)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 1 and not (out / "cards" / "feature_999999.html").exists()
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == {*manifest["files"], "manifest.json"}
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_a_killed_run_leaves_the_old_one_whole(lab_run, tmp_path):
+    import json
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    from subprocess_run import ROOT
+    old, _ = lab_run
+    out = tmp_path / "run"
+    shutil.copytree(old, out)
+    code = ("import sys; from saelab.report import run_lab; "
+            f"run_lab('tiny', sys.argv[1], seed=1, device='cpu', max_tokens={MAX_TOKENS}, steps=100000, progress=False)")
+    import os
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAELAB_PROGRESS": "0"}
+    child = subprocess.Popen([sys.executable, "-c", code, str(out)], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in child.stderr:  # kill it in the middle of the sweep, with files already written
+            if line.startswith("[3/"):
+                time.sleep(1)
+                break
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 0
+    assert sorted(p.name for p in (out / "cards").iterdir()) == sorted(p.name for p in (old / "cards").iterdir())
+    _run_small(out, seed=1)
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # the killed run's temp was reclaimed

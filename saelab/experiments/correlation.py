@@ -15,6 +15,7 @@ import torch
 
 from saelab.activations import iter_row_batches
 from saelab.metrics import evaluate
+from saelab.models import accumulation
 from saelab.results import Result, fmt, pct
 from saelab.sae_interface import as_sae
 from saelab.utils import describe, progress_bar
@@ -24,6 +25,8 @@ PAIR_COLUMNS = ("feature_i", "feature_j", "correlation", "decoder_cosine", "dens
 NOTEBOOK_MIN_DENSITY = 0.01  # the original notebook keeps features active on more than 1% of tokens
 NOTEBOOK_TOP_K = 10
 NOTEBOOK_MAX_HEATMAP = 100   # it draws the matrix only when it has at most 100 features
+HEATMAP_FEATURES = 40        # what `heatmap` shows by default: tick labels stay readable (>= 8 pt)
+HEATMAP_TICK_PT = 8.0
 _CONSTANT_TOL = 1e-12    # variance below this fraction of the second moment counts as constant
 
 
@@ -33,17 +36,20 @@ class _Comoments:
 
     def __init__(self, m: int, device):
         self.n = 0
-        self.shift = None
-        self.total = torch.zeros(m, dtype=torch.float64, device=device)
-        self.cross = torch.zeros(m, m, dtype=torch.float64, device=device)
+        self.shift = None          # [m] float64 on `home`
+        self._shift_here = None    # the same in the batches' dtype on their device
+        self.dtype, self.home = accumulation(device)   # (float64, device); on MPS (float32, cpu)
+        self.total = torch.zeros(m, dtype=torch.float64, device=self.home)
+        self.cross = torch.zeros(m, m, dtype=torch.float64, device=self.home)
 
     def add(self, values: torch.Tensor) -> None:
-        values = values.to(torch.float64)
+        values = values.to(self.dtype)
         if self.shift is None:
-            self.shift = values.mean(dim=0)
-        centred = values - self.shift
-        self.total += centred.sum(dim=0)
-        self.cross += centred.T @ centred
+            self._shift_here = values.mean(dim=0)
+            self.shift = self._shift_here.to(self.home, torch.float64)
+        centred = values - self._shift_here
+        self.total += centred.sum(dim=0).to(self.home, torch.float64)
+        self.cross += (centred.T @ centred).to(self.home, torch.float64)
         self.n += values.shape[0]
 
     def correlation(self) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +99,8 @@ def top_correlated_pairs(features: torch.Tensor, k: int = NOTEBOOK_TOP_K,
         raise ValueError("features: expected at least one row, got 0 rows")
     check_int("k", k, minimum=1)
     min_density = check_float("min_density", min_density, minimum=0.0)
-    ids = _selected((features > 0).double().mean(dim=0), min_density)
+    dtype, _ = accumulation(features.device)
+    ids = _selected((features > 0).to(dtype).mean(dim=0), min_density)
     moments = _Comoments(len(ids), features.device)
     moments.add(features[:, torch.as_tensor(ids, dtype=torch.int64, device=features.device)])
     corr, constant = moments.correlation()
@@ -158,16 +165,17 @@ class CorrelationResult(Result):
                 chosen.append(int(f))
         return np.array(sorted(chosen[:max_features]), dtype=np.int64)
 
-    def heatmap(self, max_features: int = NOTEBOOK_MAX_HEATMAP):
-        """The correlation matrix (at most max_features features: see `heatmap_features`) on a
-        diverging scale centred on 0 (RdBu_r, -1 to 1), feature ids as tick labels. A matplotlib
-        Figure; with nothing to show, a figure that says why."""
+    def heatmap(self, max_features: int = HEATMAP_FEATURES):
+        """The correlation matrix (at most max_features features, default 40: see `heatmap_features`)
+        on a diverging scale centred on 0 (RdBu_r, -1 to 1), feature ids as tick labels (>= 8 pt; the
+        figure grows with the number shown) and a caption saying what is shown. A matplotlib Figure;
+        with nothing to show, a figure that says why."""
         import matplotlib.pyplot as plt
 
         shown = self.heatmap_features(max_features) if len(self.features) else self.features
         m = len(shown)
-        side = min(11.0, 5.5 + 0.055 * m)
-        fig, ax = plt.subplots(figsize=(side + 1.2, side), layout="constrained")
+        side = float(np.clip(0.16 * m + 2.0, 5.5, 40.0))   # inches: ~11.5 pt per row for 8-pt labels
+        fig, ax = plt.subplots(figsize=(side + 1.4, side + 0.9), layout="constrained")
         if m == 0:
             ax.text(0.5, 0.5, "\n".join(_wrap(self.message, 60)), ha="center", va="center", fontsize=11,
                     transform=ax.transAxes)
@@ -176,17 +184,32 @@ class CorrelationResult(Result):
             return fig
         where = np.searchsorted(self.features, shown)
         image = ax.imshow(self.matrix[np.ix_(where, where)], cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-        size = float(np.clip(0.6 * side * 72 / m, 4.5, 10))
+        size = max(HEATMAP_TICK_PT, min(10.0, 0.55 * side * 72 / m))
         ax.set_xticks(range(m), [str(f) for f in shown], rotation=90, fontsize=size)
         ax.set_yticks(range(m), [str(f) for f in shown], fontsize=size)
-        ax.set(xlabel="feature", ylabel="feature")
-        of = f"{m} of {len(self.features)}" if m < len(self.features) else f"{m}"
-        ax.set_title(f"Feature correlation ({of} features active on > {self.min_density:.0%} of tokens)", fontsize=11)
+        ax.set(xlabel="feature id", ylabel="feature id")
+        width = max(40, int(7 * side))    # characters per caption line
+        fig.suptitle("Feature correlation", fontsize=12)
+        ax.set_title("\n".join(_wrap(self.heatmap_subset(m), width)), fontsize=10)
         fig.colorbar(image, ax=ax, shrink=0.8, label="Pearson correlation")
+        fig.supxlabel("\n".join(_wrap(self.heatmap_caption(m), width + 30)), fontsize=9, color="0.25")
         plt.close(fig)
         return fig
 
-    def plot(self, max_features: int = NOTEBOOK_MAX_HEATMAP):
+    def heatmap_subset(self, m: int) -> str:
+        """Which features the heatmap shows (its title)."""
+        if m < len(self.features):
+            return (f"{m} of the {len(self.features)} features active on > {pct(self.min_density)} of tokens "
+                    f"(the top pairs' features, then the most active)")
+        return f"all {m} features active on > {pct(self.min_density)} of tokens"
+
+    def heatmap_caption(self, m: int) -> str:
+        """The heatmap's caption: what the colours are and over which tokens."""
+        return (f"Pearson correlation of feature activations across {self.n_tokens:,} tokens, among features active "
+                f"on more than {pct(self.min_density)} of them ({m} shown). Red = fire together, "
+                f"blue = one fires when the other does not, diagonal = 1.")
+
+    def plot(self, max_features: int = HEATMAP_FEATURES):
         """Same as `heatmap`."""
         return self.heatmap(max_features)
 
@@ -230,7 +253,7 @@ def feature_correlation(sae, activations, min_density: float = NOTEBOOK_MIN_DENS
             moments.add(sae.encode_unchecked(x).index_select(1, index))
     corr, constant = moments.correlation()
     pairs = _pairs(corr, ids, top_k, constant)
-    directions = torch.nn.functional.normalize(weight.detach().double(), dim=1)
+    directions = torch.nn.functional.normalize(weight.detach().to(moments.home, torch.float64), dim=1)
     rows = [(i, j, c, float(directions[i] @ directions[j]), float(density[i]), float(density[j])) for i, j, c in pairs]
     table = pd.DataFrame(rows, columns=list(PAIR_COLUMNS)).astype({"feature_i": "int64", "feature_j": "int64"})
     return CorrelationResult(table=table, matrix=corr, features=ids.astype(np.int64), density=density,

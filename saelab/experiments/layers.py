@@ -18,6 +18,7 @@ from saelab.collect import collect_activations
 from saelab.data import TEST_PROMPTS
 from saelab.experiments.sparsity import NOTEBOOK_BATCH_SIZE, NOTEBOOK_EPOCHS, NOTEBOOK_FEATURES_PER_DIM, NOTEBOOK_LR
 from saelab.metrics import EvalResult, evaluate
+from saelab.models import accumulation
 from saelab.results import Result, format_table, fmt
 from saelab.sae import TiedSAE
 from saelab.train import TrainConfig, train_stacked
@@ -144,13 +145,14 @@ def _prompts(test_prompts) -> dict[str, str]:
 def _norm_and_top_features(sae: TiedSAE, activations, k: int) -> tuple[float, list[int]]:
     """(mean L2 norm of the rows, the k features with the highest mean activation), streamed."""
     weight = sae.encoder.weight
-    norm_sum = torch.zeros((), dtype=torch.float64, device=weight.device)
-    feature_sum = torch.zeros(sae.n_features, dtype=torch.float64, device=weight.device)
+    dtype, home = accumulation(weight.device)   # float64 sums on the device; on MPS float32 there, float64 on CPU
+    norm_sum = torch.zeros((), dtype=torch.float64, device=home)
+    feature_sum = torch.zeros(sae.n_features, dtype=torch.float64, device=home)
     n = 0
     for batch in iter_row_batches(activations, 4096):
         x = batch.to(device=weight.device, dtype=weight.dtype)
-        norm_sum += x.norm(dim=-1).sum(dtype=torch.float64)
-        feature_sum += sae._encode(x).sum(dim=0, dtype=torch.float64)
+        norm_sum += x.norm(dim=-1).sum(dtype=dtype).to(home, torch.float64)
+        feature_sum += sae._encode(x).sum(dim=0, dtype=dtype).to(home, torch.float64)
         n += x.shape[0]
     top = torch.argsort(feature_sum, descending=True, stable=True)[:k]
     return (norm_sum / n).item(), [int(f) for f in top]

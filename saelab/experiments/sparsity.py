@@ -77,19 +77,19 @@ class SweepResult(Result):
             ax.plot(t["l0"], t[column], "-", color="0.7", zorder=1)
             ax.scatter(t["l0"], t[column], c=range(len(t)), cmap="viridis", s=60, zorder=2,
                        edgecolors="black", linewidths=0.5)
-            for members in _coincident(t["l0"].to_numpy(), t[column].to_numpy()):
-                first = t.iloc[members[0]]
-                label = ", ".join(f"{t['coef'].iloc[i]:g}" for i in members)
-                ax.annotate(f"coef={label}", (first["l0"], first[column]), textcoords="offset points",
-                            xytext=(7, 6), fontsize=9)
             _log_if_wide(ax.set_xscale, t["l0"])
             if column == "fvu":
                 _log_if_wide(ax.set_yscale, t[column])
             ax.set(xlabel="L0 = active features per token (lower = sparser)", ylabel=ylabel, title=title)
             ax.grid(True, which="major", alpha=0.3)
-            ax.margins(0.15)
-        fig.suptitle(f"Evaluated on {self.evaluated_on}", fontsize=9, color="0.35", x=0.99, ha="right")
+            ax.margins(0.18)
+        fig.suptitle(f"Sparsity sweep: {len(t)} coefficients, evaluated on {self.evaluated_on} tokens", fontsize=12)
         fig.tight_layout()
+        for ax, (column, _, _) in zip(axes[0], panels):  # after the layout: label offsets are in display units
+            groups = _coincident(t["l0"].to_numpy(), t[column].to_numpy())
+            labels = ["coef=" + ", ".join(f"{t['coef'].iloc[i]:g}" for i in members) for members in groups]
+            points = [(t["l0"].iloc[members[0]], t[column].iloc[members[0]]) for members in groups]
+            _place_labels(ax, labels, points, list(zip(t["l0"], t[column])))
         plt.close(fig)
         return fig
 
@@ -103,8 +103,10 @@ class SweepResult(Result):
             ax_l0.plot(h["step"], h["l0"], label=f"coef={coef:g}")
         ax_recon.set(xlabel="training step", ylabel="reconstruction MSE (batch)", title="Reconstruction", yscale="log")
         ax_l0.set(xlabel="training step", ylabel="L0 (batch)", title="Active features per token")
-        ax_l0.legend()
-        fig.tight_layout()
+        fig.suptitle(f"Training curves (on each step's batch), one line per sparsity coefficient", fontsize=12)
+        ax_l0.legend(title="sparsity coef", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+                     fontsize=9)
+        fig.tight_layout()  # makes room for the legend outside the axes
         plt.close(fig)
         return fig
 
@@ -124,6 +126,58 @@ def _coincident(x, y, tol: float = 0.02) -> list[list[int]]:
         else:
             groups.append([i])
     return groups
+
+
+#: Label offsets tried around a point (points: dx, dy), nearest first; ha follows the side.
+_LABEL_OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3.2, 4.6) for dx, dy in
+                  ((7, 6), (7, -14), (-7, 6), (-7, -14), (0, 12), (0, -20), (12, -4), (-12, -4))]
+_POINT_RADIUS = 6.0   # points: a marker's half-width (s=60) plus a margin
+
+
+def _place_labels(ax, labels: list[str], anchors: list[tuple], points: list[tuple]) -> None:
+    """Annotate anchors[i] with labels[i] so that no label overlaps another label, a marker (of
+    `points`) or leaves the axes: greedy, each label takes the first offset (`_LABEL_OFFSETS`) whose
+    text box collides with nothing placed; when none is free, the one with the least overlap."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    pixels = fig.dpi / 72.0
+    frame = ax.get_window_extent(renderer)
+    markers = [_box_around(ax.transData.transform(p), _POINT_RADIUS * pixels) for p in points]
+    placed: list = []
+    for label, anchor in zip(labels, anchors):
+        best, best_cost = None, None
+        for dx, dy in _LABEL_OFFSETS:
+            text = ax.annotate(label, anchor, textcoords="offset points", xytext=(dx, dy), fontsize=9,
+                               ha="left" if dx > 0 else "right" if dx < 0 else "center", va="bottom",
+                               annotation_clip=False)
+            box = text.get_window_extent(renderer)
+            cost = sum(_overlap(box, other) for other in placed + markers) + _outside(box, frame)
+            if best is None or cost < best_cost:
+                if best is not None:
+                    best.remove()
+                best, best_cost = text, cost
+            else:
+                text.remove()
+            if cost == 0:
+                break
+        placed.append(best.get_window_extent(renderer))
+
+
+def _box_around(xy, radius: float):
+    from matplotlib.transforms import Bbox
+    return Bbox.from_extents(xy[0] - radius, xy[1] - radius, xy[0] + radius, xy[1] + radius)
+
+
+def _overlap(a, b) -> float:
+    """The area two display boxes share (0 when they are apart)."""
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(0.0, w) * max(0.0, h)
+
+
+def _outside(box, frame) -> float:
+    """The area of `box` outside `frame` (a label must stay inside the axes)."""
+    return box.width * box.height - _overlap(box, frame)
 
 
 def _log_if_wide(set_scale, values) -> None:

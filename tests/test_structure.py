@@ -1,0 +1,104 @@
+"""The house rules that DESIGN.md states, checked on the source: the import order, module and
+function sizes, and no private name imported across modules."""
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "saelab"
+MAX_MODULE_LINES = 420   # "about 400"
+MAX_FUNCTION_LINES = 60
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name (without "saelab.") -> file, for every module of the package."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "assets" in path.relative_to(PACKAGE).parts:
+            continue
+        parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _import_order() -> list[str]:
+    text = (ROOT / "DESIGN.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- import-order -->(.*?)<!-- /import-order -->", text, re.S)
+    assert block, "DESIGN.md lost its import-order block"
+    return [name.strip(" `\n") for name in block.group(1).split(",")]
+
+
+def _imported(module: str, path: Path) -> set[str]:
+    """The saelab modules (dotted, without "saelab.") that `path` imports anywhere in it."""
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - (node.level - 1)] if node.level > 1 else package
+                target = base + (node.module.split(".") if node.module else [])
+            elif node.module and node.module.split(".")[0] == "saelab":
+                target = node.module.split(".")[1:]
+            else:
+                continue
+            names = [a.name for a in node.names]
+            candidates = [".".join(target + [n]) for n in names] if not node.module else []
+            found.update(c for c in candidates if c in _modules())
+            if node.module:
+                found.add(".".join(target))
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".", 1)[1] for a in node.names if a.name.startswith("saelab."))
+    return {m for m in found if m}
+
+
+def test_every_module_is_in_designs_import_order():
+    order = _import_order()
+    missing = sorted(set(_modules()) - set(order) - {""})
+    assert not missing, f"modules missing from DESIGN.md's import order: {missing}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in _modules() if m))
+def test_modules_import_only_modules_above_them(module):
+    order = _import_order()
+    rank = {name: i for i, name in enumerate(order)}
+    path = _modules()[module]
+    below = sorted(m for m in _imported(module, path)
+                   if m in rank and rank[m] >= rank[module] and not module.startswith(m + "."))
+    assert not below, f"saelab.{module} imports {below}, which DESIGN.md puts at or below it"
+
+
+def test_modules_and_functions_are_small():
+    too_long = []
+    for module, path in _modules().items():
+        source = path.read_text(encoding="utf-8")
+        if source.count("\n") > MAX_MODULE_LINES:
+            too_long.append(f"{path.relative_to(ROOT)}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {length} lines")
+    assert not too_long, "\n".join(too_long)
+
+
+def test_no_private_name_crosses_a_module():
+    crossings = []
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("saelab")):
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                if private:
+                    crossings.append(f"saelab.{module} imports {private} from {node.module or '.'}")
+    assert not crossings, "\n".join(crossings)
+
+
+def test_the_checks_can_fail(tmp_path):
+    """The import parser sees relative, absolute and lazy imports (so the order test can fail)."""
+    path = tmp_path / "probe.py"
+    path.write_text("from .report import run_lab\nimport saelab.cli\n"
+                    "def f():\n    from saelab.collect import collect_activations\n", encoding="utf-8")
+    assert _imported("probe", path) == {"report", "cli", "collect"}
