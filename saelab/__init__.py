@@ -22,11 +22,12 @@ _EXPORTS = {
     "SweepResult": "experiments", "CorrelationResult": "experiments", "LayerComparison": "experiments",
     "top_activating_examples": "features", "feature_logit_effects": "features", "feature_card": "features",
     "TopExamples": "features", "LogitEffects": "features", "FeatureCard": "features",
+    "match_features": "features", "FeatureMatches": "features",
 }
 
 #: Every result type saelab returns (each a `saelab.results.Result`).
 RESULT_TYPES = ("TrainResult", "EvalResult", "CELossResult", "SweepResult", "CorrelationResult",
-                "LayerComparison", "TopExamples", "LogitEffects", "FeatureCard")
+                "LayerComparison", "TopExamples", "LogitEffects", "FeatureCard", "FeatureMatches")
 
 __all__ = sorted(_EXPORTS)
 

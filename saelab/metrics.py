@@ -57,8 +57,8 @@ class EvalResult(Result):
 class _Sums:
     """Running float64 sums over batches of rows x [b, d_in] and their features f [b, d_sae].
 
-    Each batch is reduced on its device in `models.accumulation`'s dtype (float64 where the device has
-    it) and added to float64 totals on its home device (the CPU for MPS, which has no float64)."""
+    A batch is reduced on its device in `models.accumulation`'s dtype (float64 where the device has
+    it; float32 on MPS) and added to float64 totals kept on `home` (the device itself, or the CPU)."""
 
     def __init__(self, d_in: int, d_sae: int, device):
         self.dtype, self.home = accumulation(device)
@@ -76,7 +76,7 @@ class _Sums:
         self.sq_norm += x.pow(2).sum(dtype=dtype).to(home, f64)
         self.x += x.sum(dim=0, dtype=dtype).to(home, f64)
         self.l1 += features.abs().sum(dtype=dtype).to(home, f64)
-        self.active += (features != 0).sum(dim=0).to(home)   # != 0, as SAELens counts (features may be negative)
+        self.active += (features != 0).sum(dim=0).to(home)
         self.n += x.shape[0]
 
 
@@ -91,7 +91,7 @@ def evaluate(sae, activations, batch_size: int = 4096) -> EvalResult:
       explained_variance = 1 - E||x - x_hat||^2 / (E||x||^2 - ||E x||^2)  (SAELens' formula; sums kept
                            in float64); NaN if the rows have zero variance
       fvu                = 1 - explained_variance (fraction of variance unexplained)
-      l0                 = mean number of active features (f != 0) per row
+      l0                 = mean number of active features (f != 0, as SAELens counts) per row
       l1                 = mean over rows of sum_i |f_i| (the seed's "sparsity" term is l1 / d_sae)
       feature_density    = [d_sae] fraction of rows on which each feature is active
       dead_fraction      = fraction of features never active on these rows
@@ -140,9 +140,10 @@ class CELossResult(Result):
     score: float
     n_tokens: int
 
-    caption = ("CE in nats per predicted token, averaged over every next-token prediction including the one "
-               "made at the BOS position; the BOS activation is left unchanged in the spliced and zeroed runs "
-               "unless exclude_bos=False (SAELens's run_evals differs in both).")
+    caption = ("CE in nats per predicted token. saelab's conventions (the default): every next-token prediction "
+               "counts, the one made at BOS included, and the BOS activation is left unchanged in the spliced and "
+               "zeroed runs unless exclude_bos=False; conventions='saelens' (SAELens's run_evals): predictions "
+               "made at BOS are left out and BOS is zeroed in the zero-ablation run.")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -157,10 +158,12 @@ class CELossResult(Result):
 
 
 def ce_loss_recovered(model, sae, texts, layer: int, hook: str = "resid_post", batch_size: int = 8,
-                      context_length: int | None = None, exclude_bos: bool = True) -> CELossResult:
+                      context_length: int | None = None, exclude_bos: bool = True,
+                      conventions: str = "saelab") -> CELossResult:
     """How much of the model's next-token loss survives when the SAE's reconstruction replaces the
     activations at `hook` of `layer` (e.g. "blocks.{layer}.hook_resid_post").
 
+    sae: any SAE with saelab's SAE interface (`sae_interface.as_sae`).
     Each text is tokenized with a BOS token (model.to_tokens), cut to `context_length` tokens (default:
     the model's n_ctx), and the texts of a batch are right-padded; only real next-token predictions
     (position t predicting token t+1 of the same text) count, so padding never enters the means.
@@ -169,22 +172,40 @@ def ce_loss_recovered(model, sae, texts, layer: int, hook: str = "resid_post", b
     score = (CE_zero - CE_spliced) / (CE_zero - CE_clean): 1 = the SAE loses nothing, 0 = as bad as
     deleting the activations (NaN if zeroing costs nothing).
 
-    saelab's two conventions (SAELens's `run_evals` differs in both, so its CE values differ):
+    conventions="saelab" (the default):
     - BOS: exclude_bos=True keeps the BOS position's activation unchanged in both the spliced and the
       zeroed run: the SAE was trained without BOS rows, and the huge BOS activation would otherwise
-      dominate. The score then measures the positions the SAE replaces. SAELens keeps BOS out of the
-      splice but zeroes it in the baseline, which makes its zero-ablation CE, and so its score, higher.
-      exclude_bos=False splices and zeroes every position, BOS included.
-    - Position 0: the prediction made at the BOS position (of the text's first token) counts in every
-      CE mean here; SAELens leaves it out. This moves the three CE values, not much the score.
+      dominate. The score then measures the positions the SAE replaces. exclude_bos=False splices and
+      zeroes every position, BOS included.
+    - Position 0: the prediction made at the BOS position (of the text's first token) counts in
+      every CE mean.
+    conventions="saelens" reproduces SAELens's `run_evals` (`get_recons_loss` with its default
+    ignore_tokens; exclude_bos is not used):
+    - the splice leaves every position whose token is a special token (the tokenizer's BOS, EOS, PAD,
+      SEP, decoder-start ids) unchanged; the zero ablation zeroes every position, BOS included,
+      which makes its zero-ablation CE, and so its score, higher;
+    - a prediction counts only when the token it is made at is not special: position 0 (BOS) is
+      left out of all three CE means.
     """
     sae = as_sae("sae", sae)
     texts, hook_name, context_length = _check_ce_args(model, sae, texts, layer, hook, batch_size, context_length)
-    hooks = _ce_hooks(sae, keep=1 if exclude_bos else 0)
+    if conventions not in ("saelab", "saelens"):
+        raise ValueError(f"conventions: expected 'saelab' or 'saelens', got {conventions!r}")
+    special = _special_token_ids(model.tokenizer) if conventions == "saelens" else None
+    keep = {}  # keep["splice"], keep["zero"]: [b, pos] True where the batch's activation stays unchanged
+    hooks = _ce_hooks(sae, keep)
     totals = torch.zeros(3, dtype=torch.float64)
     n_tokens = 0
     with torch.no_grad():
         for tokens, mask in _token_batches(model, texts, batch_size, context_length):
+            if special is None:
+                keep["splice"] = torch.zeros_like(tokens, dtype=torch.bool)
+                keep["splice"][:, 0] = exclude_bos
+                keep["zero"] = keep["splice"]
+            else:
+                keep["splice"] = torch.isin(tokens, special.to(tokens.device))
+                keep["zero"] = torch.zeros_like(keep["splice"])
+                mask = mask & ~keep["splice"][:, :-1]
             for i, hook_fn in enumerate(hooks):
                 fwd_hooks = [] if hook_fn is None else [(hook_name, hook_fn)]
                 logits = model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, padding_side="right")
@@ -197,6 +218,14 @@ def ce_loss_recovered(model, sae, texts, layer: int, hook: str = "resid_post", b
     denom = zero_ablation - clean
     score = (zero_ablation - spliced) / denom if denom != 0 else math.nan
     return CELossResult(clean=clean, spliced=spliced, zero_ablation=zero_ablation, score=score, n_tokens=n_tokens)
+
+
+def _special_token_ids(tokenizer) -> torch.Tensor:
+    """[n] the structural special token ids (BOS, EOS, PAD, SEP, decoder start), as SAELens's
+    `get_special_token_ids` finds them."""
+    attrs = ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id")
+    ids = {getattr(tokenizer, a, None) for a in attrs} - {None}
+    return torch.tensor(sorted(ids), dtype=torch.long)
 
 
 def _check_ce_args(model, sae, texts, layer, hook, batch_size, context_length) -> tuple[list[str], str, int]:
@@ -214,20 +243,23 @@ def _check_ce_args(model, sae, texts, layer, hook, batch_size, context_length) -
     return texts, hook_name, context_length
 
 
-def _ce_hooks(sae, keep: int) -> tuple:
-    """(None, splice, zero): the hook functions of the clean, spliced and zero-ablated runs; the first
-    `keep` positions are left untouched by the splice and the ablation."""
+def _ce_hooks(sae, keep: dict) -> tuple:
+    """(None, splice, zero): the hook functions of the clean, spliced and zero-ablated runs; each
+    leaves the activation unchanged where keep["splice"] / keep["zero"] [b, pos] is True."""
     weight = sae.W_dec
 
     def splice(act, hook):
         if act.shape[-1] != sae.d_in:
             raise ValueError(f"sae: expected d_in = {act.shape[-1]} to match {hook.name}, got {sae.d_in}")
-        x = act[:, keep:].to(device=weight.device, dtype=weight.dtype)
-        recon = sae.decode_unchecked(sae.encode_unchecked(x)).to(device=act.device, dtype=act.dtype)
-        return torch.cat([act[:, :keep], recon], dim=1)
+        replace = ~keep["splice"].to(act.device)
+        x = act[replace].to(device=weight.device, dtype=weight.dtype)  # [n_replaced, d_in]
+        out = act.clone()
+        out[replace] = sae.decode_unchecked(sae.encode_unchecked(x)).to(device=act.device, dtype=act.dtype)
+        return out
 
     def zero(act, hook):
-        return torch.cat([act[:, :keep], torch.zeros_like(act[:, keep:])], dim=1)
+        return torch.where(keep["zero"].to(act.device)[..., None], act, torch.zeros((), dtype=act.dtype,
+                                                                                    device=act.device))
 
     return None, splice, zero
 
@@ -250,5 +282,5 @@ def _masked_ce_sum(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tenso
     """Sum of next-token CE over positions where mask [b, pos-1] is True; logits [b, pos, vocab]."""
     predicted = logits[:, :-1][mask].float()  # [n_real, vocab]: padding rows never reach the softmax
     targets = tokens[:, 1:][mask]
-    dtype, _ = accumulation(logits.device)    # float64 where the device has it (not on MPS)
+    dtype, _ = accumulation(predicted.device)
     return F.cross_entropy(predicted, targets, reduction="none").sum(dtype=dtype).item()

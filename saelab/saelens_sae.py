@@ -14,7 +14,6 @@ itself (that would be a second copy of SAELens's math), so those need `pip insta
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -196,16 +195,9 @@ def load_sae(source, device=None):
 
 
 def _load_folder(folder: Path, device: torch.device):
-    file = folder / "cfg.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"source: expected a SAELens folder with cfg.json and sae_weights.safetensors, "
-                                f"got {folder} ({'no cfg.json in it' if folder.is_dir() else 'not a folder'})")
-    try:
-        cfg = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RuntimeError(f"{file} is corrupt: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise RuntimeError(f"{file} is corrupt: expected a JSON object, got {type(cfg).__name__}")
+    from .sae_format import read_folder
+
+    cfg = read_folder(folder)[0]
     metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     if metadata.get("saelab_class") == "TiedSAE":
         return TiedSAE.load(folder, device=device)
@@ -214,8 +206,9 @@ def _load_folder(folder: Path, device: torch.device):
     from sae_lens.registry import SAE_CLASS_REGISTRY
 
     if architecture not in SAE_CLASS_REGISTRY:
-        raise RuntimeError(f"{file}: architecture {architecture!r} is not one sae_lens {sae_lens.__version__} knows "
-                           f"(it knows {sorted(SAE_CLASS_REGISTRY)}); upgrade sae_lens or register the class")
+        raise RuntimeError(f"{folder / 'cfg.json'}: architecture {architecture!r} is not one sae_lens "
+                           f"{sae_lens.__version__} knows (it knows {sorted(SAE_CLASS_REGISTRY)}); upgrade sae_lens "
+                           f"or register the class")
     sae = sae_lens.SAE.load_from_disk(str(folder), device=str(device))
     return SAELensSAE(sae)
 

@@ -232,3 +232,24 @@ def test_ties_are_broken_by_id(model):
         ids = table[table["kind"] == kind]["token_id"].tolist()
         group = [i for i in ids if i == 0 or i >= 10]
         assert group == sorted(group) and len(group) == 11
+
+
+def test_match_features_finds_each_decoder_row_in_a_permuted_copy():
+    import saelab
+    from saelab.features import match_features
+
+    a = TiedSAE(8, 40, seed=0)
+    b = TiedSAE(8, 40, seed=1)
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        b.encoder.weight.copy_(3 * a.encoder.weight[perm])  # same directions, other order and scale
+    result = match_features(a, b, chunk=7)
+    assert saelab.match_features is match_features and isinstance(result, saelab.FeatureMatches)
+    table = result.table.sort_values("feature")
+    assert table["match"].tolist() == torch.argsort(perm).tolist()
+    assert table["cosine"].tolist() == pytest.approx([1.0] * 40, abs=1e-6)
+    assert list(result.table.columns) == ["feature", "match", "cosine"] and "decoder cosine" in result.summary()
+    with pytest.raises(ValueError, match=r"b: expected an SAE with d_in = 8"):
+        match_features(a, TiedSAE(4, 8, seed=0))
+    with pytest.raises(ValueError, match=r"a: expected a saelab TiedSAE"):
+        match_features("a", b)

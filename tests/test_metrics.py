@@ -92,7 +92,7 @@ def test_evaluate_bad_inputs(args, kwargs, match):
 
 
 def test_evaluate_rejects_other_modules():
-    with pytest.raises(ValueError, match=r"sae: expected a saelab TiedSAE"):
+    with pytest.raises(ValueError, match=r"sae: expected a saelab TiedSAE.*saelab.load_sae"):
         evaluate(torch.nn.Linear(2, 3), X)
 
 
@@ -193,3 +193,41 @@ def test_as_sae_admits_a_tied_sae_with_the_whole_interface():
     for bad in (torch.nn.Linear(6, 10), "sae", None):
         with pytest.raises(ValueError, match=r"^model_sae: expected a saelab TiedSAE or a SAELens SAE \(load one with saelab.load_sae\), got "):
             as_sae("model_sae", bad)
+
+
+def test_l0_and_densities_count_nonzero_features_as_saelens_does():
+    """A negative feature (AbsTopK-like) is active: L0 and densities count f != 0, L1 sums |f|."""
+
+    class Signed(TiedSAE):
+        def encode_unchecked(self, x):
+            return x @ self.W_dec.T  # no ReLU: features of both signs
+
+    sae = Signed(2, 2, seed=0)
+    with torch.no_grad():
+        sae.encoder.weight.copy_(torch.eye(2))
+        sae.decoder_bias.zero_()
+    result = evaluate(sae, torch.tensor([[-1.0, 0.0], [2.0, -3.0]]))
+    assert result.l0 == pytest.approx(1.5) and result.l1 == pytest.approx(3.0)
+    torch.testing.assert_close(result.feature_density, torch.tensor([1.0, 0.5]))
+
+
+def test_evaluate_on_cpu_sums_in_float64_on_the_device():
+    from saelab.models import accumulation
+
+    assert accumulation("cpu") == (torch.float64, torch.device("cpu"))
+    sae = TiedSAE(16, 64, seed=0)
+    x = torch.randn(300, 16, generator=torch.Generator().manual_seed(0)) * 2 + 3
+    result = evaluate(sae, x, batch_size=64)
+    with torch.no_grad():
+        sq_err = sum((sae(b)[0] - b).pow(2).sum(dtype=torch.float64) for b in x.split(64))
+    assert result.mse == (sq_err / 300).item() / 16  # bit-identical to float64 sums on the CPU
+
+
+def test_ce_conventions_saelens_leaves_out_bos_predictions_and_zeroes_bos(model):
+    sae = TiedSAE(model.cfg.d_model, 256, seed=1)
+    ours = ce_loss_recovered(model, sae, TEXTS, layer=1)
+    theirs = ce_loss_recovered(model, sae, TEXTS, layer=1, conventions="saelens")
+    assert theirs.n_tokens == ours.n_tokens - len(TEXTS)  # no prediction made at BOS
+    assert theirs.zero_ablation != pytest.approx(ours.zero_ablation, abs=1e-4)
+    with pytest.raises(ValueError, match=r"conventions: expected 'saelab' or 'saelens', got 'x'"):
+        ce_loss_recovered(model, sae, TEXTS, layer=1, conventions="x")

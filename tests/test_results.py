@@ -44,13 +44,14 @@ def runs(model, train_texts, test_texts):
         "TopExamples": saelab.top_activating_examples(sae, train, feature, k=3),
         "LogitEffects": saelab.feature_logit_effects(model, sae, feature, k=3),
         "FeatureCard": saelab.feature_card(model, sae, train, feature, k=3),
+        "FeatureMatches": saelab.match_features(sae, saelab.TiedSAE(d, 2 * d, seed=1)),
     }
 
 
 def test_every_result_type_is_exported():
     assert set(saelab.RESULT_TYPES) == {"TrainResult", "EvalResult", "CELossResult", "SweepResult",
                                         "CorrelationResult", "LayerComparison", "TopExamples", "LogitEffects",
-                                        "FeatureCard"}
+                                        "FeatureCard", "FeatureMatches"}
     for name in saelab.RESULT_TYPES + ("TrainConfig", "as_sae", "Result"):
         assert name in saelab.__all__ and getattr(saelab, name) is not None, name
 

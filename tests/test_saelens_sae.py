@@ -5,13 +5,14 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 sae_lens = pytest.importorskip("sae_lens")
 
 from sae_lens import (SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig,  # noqa: E402
                       TopKTrainingSAE, TopKTrainingSAEConfig)
 from sae_lens.config import LoggingConfig, SAETrainerConfig  # noqa: E402
-from sae_lens.evals import get_sparsity_and_variance_metrics  # noqa: E402
+from sae_lens.evals import get_downstream_reconstruction_metrics, get_sparsity_and_variance_metrics  # noqa: E402
 from sae_lens.saes.sae import SAEMetadata  # noqa: E402
 from sae_lens.training.activation_scaler import ActivationScaler  # noqa: E402
 
@@ -26,10 +27,16 @@ CTX = 64
 
 
 @pytest.fixture(scope="module")
-def eval_tokens(model):
-    """[n_seq, CTX] token ids: the first CTX tokens (BOS first) of held-out texts with at least CTX tokens."""
-    rows = [model.to_tokens(t, move_to_device=False)[0] for t in load_texts("test", max_texts=40)]
-    return torch.stack([r[:CTX] for r in rows if len(r) >= CTX][:16])
+def eval_texts(model):
+    """16 held-out texts with at least CTX tokens (BOS first)."""
+    texts = load_texts("test", max_texts=40)
+    return [t for t in texts if model.to_tokens(t, move_to_device=False).shape[1] >= CTX][:16]
+
+
+@pytest.fixture(scope="module")
+def eval_tokens(model, eval_texts):
+    """[n_seq, CTX] token ids: the first CTX tokens (BOS first) of eval_texts."""
+    return torch.stack([model.to_tokens(t, move_to_device=False)[0, :CTX] for t in eval_texts])
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +162,24 @@ def test_evaluate_matches_saelens_evals(saved, model, eval_tokens, eval_rows):
                                torch.tensor(feature_metrics["feature_density"], dtype=torch.float64), atol=1e-6, rtol=0)
 
 
+def test_ce_loss_recovered_with_saelens_conventions_matches_saelens_evals(saved, model, eval_texts, eval_tokens):
+    from saelab.metrics import ce_loss_recovered
+
+    sae = load_sae(saved[0], device="cpu")
+    theirs = get_downstream_reconstruction_metrics(
+        sae.sae, model, _FixedTokens(eval_tokens, 4), ActivationScaler(), compute_kl=False, compute_ce_loss=True,
+        n_batches=len(eval_tokens) // 4, eval_batch_size_prompts=4, ignore_tokens=[model.tokenizer.bos_token_id])
+    ours = ce_loss_recovered(model, sae, eval_texts, layer=LAYER, context_length=CTX, batch_size=4,
+                             conventions="saelens")
+    assert ours.n_tokens == len(eval_tokens) * (CTX - 2)  # CTX - 1 predictions, the one at BOS left out
+    assert ours.clean == pytest.approx(theirs["ce_loss_without_sae"], abs=1e-6)
+    assert ours.spliced == pytest.approx(theirs["ce_loss_with_sae"], abs=1e-6)
+    assert ours.zero_ablation == pytest.approx(theirs["ce_loss_with_ablation"], abs=1e-6)
+    assert ours.score == pytest.approx(theirs["ce_loss_score"], abs=1e-6)
+    default = ce_loss_recovered(model, sae, eval_texts, layer=LAYER, context_length=CTX, batch_size=4)
+    assert default.n_tokens == ours.n_tokens + len(eval_tokens) and default.score != pytest.approx(ours.score)
+
+
 def test_every_tool_runs_on_saelens_saes(saved, model, test_texts):
     import saelab
 
@@ -167,6 +192,9 @@ def test_every_tool_runs_on_saelens_saes(saved, model, test_texts):
     assert len(saelab.top_activating_examples(sae, acts, feature, k=3).table) == 3
     assert len(saelab.feature_logit_effects(model, sae, feature, k=3).table) > 0
     assert "<" in saelab.feature_card(model, sae, acts, feature)._repr_html_()
+    assert saelab.as_sae("sae", sae.sae).d_sae == sae.d_sae  # a bare SAELens object enters every tool too
+    matches = saelab.match_features(sae, sae.sae).table
+    assert (matches["feature"] == matches["match"]).all()
 
 
 def test_tied_folder_loads_as_tied_sae(tmp_path):
@@ -188,9 +216,10 @@ def test_non_tied_folder_without_sae_lens_says_so(saved, tmp_path, monkeypatch):
 def test_unsupported_sources_and_architectures_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"source: expected a SAELens folder"):
         load_sae(3)
-    with pytest.raises(FileNotFoundError, match=r"no cfg.json"):
+    with pytest.raises(FileNotFoundError, match=r"cfg.json is missing"):
         load_sae(tmp_path)
     (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "no_such_arch", "d_in": 4, "d_sae": 8}))
+    save_file({"W_dec": torch.zeros(8, 4)}, str(tmp_path / "sae_weights.safetensors"))
     with pytest.raises(RuntimeError, match=r"architecture 'no_such_arch' is not one sae_lens"):
         load_sae(tmp_path)
     transcoder = sae_lens.Transcoder(sae_lens.TranscoderConfig(d_in=8, d_sae=16, d_out=8, apply_b_dec_to_input=False))

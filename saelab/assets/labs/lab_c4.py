@@ -545,3 +545,61 @@ for feature in picks:
 #
 # `saelab run --out my_report` runs this whole lab headless and writes an HTML report with the tables,
 # figures and trained SAEs (in SAELens format).
+
+# %% [markdown]
+# ## Optional: your SAE beside a reference SAE
+#
+# A *reference SAE* was trained with SAELens's own trainer on far more text than this lab uses. On
+# `tiny` it ships with saelab (offline: `saelab.load_sae("tiny_layer2_standard")`, layer 2's
+# resid_post); on `gpt2-small` (with internet) it is SAELens's pretrained `gpt2-small-res-jb` for the
+# same layer: its hook `blocks.{LAYER + 1}.hook_resid_pre` is the same activation as our layer `LAYER`'s
+# `hook_resid_post`. Every saelab tool takes either SAE. Below: a point for it on the sweep's plot, and
+# the features of your SAE matched to its features by decoder cosine, as cards side by side.
+
+# %%
+from IPython.display import HTML
+
+if TINY:
+    reference = saelab.load_sae("tiny_layer2_standard", device=device)
+else:
+    reference = saelab.load_sae(("gpt2-small-res-jb", f"blocks.{LAYER + 1}.hook_resid_pre"), device=device)
+assert reference.layer in (LAYER, LAYER + 1) and reference.d_in == model.cfg.d_model
+ref_metrics = saelab.evaluate(reference, test_acts)
+ref_ce = saelab.ce_loss_recovered(model, reference, test_texts[:CE_TEXTS], layer=LAYER)
+display(ref_metrics)
+display(ref_ce)
+
+fig = sweep.plot()
+columns = ["fvu", "ce_loss_recovered"][:len(fig.axes)]
+for ax, column in zip(fig.axes, columns):
+    value = ref_metrics.fvu if column == "fvu" else ref_ce.score
+    ax.scatter([ref_metrics.l0], [value], marker="*", s=220, color="crimson", edgecolors="black", zorder=3,
+               label=f"reference SAE ({reference.d_sae:,} features)")
+    ax.legend(fontsize=9)
+display(fig)
+
+# %%
+matches = saelab.match_features(sae, reference)  # for each of your features, the closest reference feature
+display(matches)
+best = matches.table.set_index("feature")
+for feature in picks[:2]:
+    match = int(best.loc[feature, "match"])
+    print(f"your feature {feature} <-> reference feature {match}: decoder cosine {best.loc[feature, 'cosine']:.2f}")
+    cards = [saelab.feature_card(model, s, test_acts, f, k=5) for s, f in ((sae, feature), (reference, match))]
+    display(HTML("<div style='display:flex; gap:16px; align-items:flex-start'>"
+                 + "".join(f"<div style='flex:1; min-width:0'>{card.html()}</div>" for card in cards) + "</div>"))
+
+# %% [markdown]
+# **Question.** Where does the reference SAE sit on the trade-off curve compared with your sweep, and
+# why (think of how much text each saw and of its dictionary size)? For the matched pairs: does a high
+# decoder cosine come with the same top examples and logit effects? What does a low best cosine say
+# about a feature of yours?
+#
+# BEGIN SOLUTION
+# **Answer.** (Depends on the run.) The reference SAE usually sits below and/or left of the sweep's
+# curve (better reconstruction at the same L0, or sparser at the same FVU): it saw many times more
+# tokens and, on GPT-2, has a much larger dictionary. Pairs with a cosine near 1 tend to fire on the same
+# tokens and promote the same logits: the same direction found twice is evidence that the feature is a
+# property of the model, not of one training run. A feature of yours with a low best cosine has no
+# counterpart: it may be split or merged differently in the reference, or an artefact of short training.
+# END SOLUTION
