@@ -22,7 +22,7 @@ _EXPORTS = {
     "SweepResult": "experiments", "CorrelationResult": "experiments", "LayerComparison": "experiments",
     "top_activating_examples": "features", "feature_logit_effects": "features", "feature_card": "features",
     "TopExamples": "features", "LogitEffects": "features", "FeatureCard": "features",
-    "match_features": "features", "FeatureMatches": "features",
+    "match_features": "matching", "FeatureMatches": "matching",
 }
 
 #: Every result type saelab returns (each a `saelab.results.Result`).

@@ -198,14 +198,7 @@ def ce_loss_recovered(model, sae, texts, layer: int, hook: str = "resid_post", b
     n_tokens = 0
     with torch.no_grad():
         for tokens, mask in _token_batches(model, texts, batch_size, context_length):
-            if special is None:
-                keep["splice"] = torch.zeros_like(tokens, dtype=torch.bool)
-                keep["splice"][:, 0] = exclude_bos
-                keep["zero"] = keep["splice"]
-            else:
-                keep["splice"] = torch.isin(tokens, special.to(tokens.device))
-                keep["zero"] = torch.zeros_like(keep["splice"])
-                mask = mask & ~keep["splice"][:, :-1]
+            keep["splice"], keep["zero"], mask = _kept_positions(tokens, mask, special, exclude_bos)
             for i, hook_fn in enumerate(hooks):
                 fwd_hooks = [] if hook_fn is None else [(hook_name, hook_fn)]
                 logits = model.run_with_hooks(tokens, fwd_hooks=fwd_hooks, padding_side="right")
@@ -276,6 +269,17 @@ def _token_batches(model, texts: list[str], batch_size: int, context_length: int
         mask = torch.arange(tokens.shape[1] - 1)[None, :] < (lengths[:, None] - 1)
         if mask.any():
             yield tokens.to(model.cfg.device), mask.to(model.cfg.device)
+
+
+def _kept_positions(tokens, mask, special, exclude_bos: bool):
+    """(splice keeps [b, pos], zero keeps [b, pos], prediction mask [b, pos-1]) for one batch: saelab's
+    conventions when `special` is None (BOS kept in both runs when exclude_bos), else SAELens's."""
+    if special is None:
+        keep = torch.zeros_like(tokens, dtype=torch.bool)
+        keep[:, 0] = exclude_bos
+        return keep, keep, mask
+    keep = torch.isin(tokens, special.to(tokens.device))
+    return keep, torch.zeros_like(keep), mask & ~keep[:, :-1]
 
 
 def _masked_ce_sum(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> float:

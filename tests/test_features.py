@@ -236,7 +236,7 @@ def test_ties_are_broken_by_id(model):
 
 def test_match_features_finds_each_decoder_row_in_a_permuted_copy():
     import saelab
-    from saelab.features import match_features
+    from saelab.matching import match_features
 
     a = TiedSAE(8, 40, seed=0)
     b = TiedSAE(8, 40, seed=1)
