@@ -334,10 +334,8 @@ def _device_terms(message: str) -> str:
 def estimate_run_seconds(model_name: str, max_tokens, model_cfg, device) -> float | None:
     """Seconds `saelab run` is expected to take, or None when it has no estimate.
 
-    LEAD: after merging labconfig, switch the body to
-        from .labconfig import estimate_seconds, lab_settings
-        return estimate_seconds(lab_settings(model_name, max_tokens=max_tokens), model_cfg, device)
-    """
+    No estimate exists yet (None: nothing is printed); the lab's sizes do not yet follow --max-tokens
+    (issue 13), and an estimate belongs with them, computed from the same settings."""
     return None
 
 

@@ -97,7 +97,7 @@ def test_cli_run_on_gpt2_small_completes(gpt2_hf_home, tmp_path):
     assert (out / "report.html").is_file() and (out / "manifest.json").is_file()
 
 
-@pytest.mark.skip(reason="enabled by the lead after the run-size fix")
+@pytest.mark.skip(reason="needs run sizes that follow the rows (issue 13): too slow on the GPT-2 stand-in on CPU today")
 @pytest.mark.parametrize("notebook", ["notebooks/lab_c4.ipynb", "solutions/lab_c4.ipynb"])
 def test_notebook_executes_on_gpt2_small(gpt2_hf_home, notebook):
     # The lead adds the documented reduced-size setting for tests to this run's environment.
