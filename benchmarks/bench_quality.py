@@ -11,6 +11,7 @@ k SAEs, one per sparsity coefficient, trained side by side on the same batches; 
     python benchmarks/bench_quality.py ablation              # layer 2, seed 0: each change alone, matched L0 30
     python benchmarks/bench_quality.py frontier --layers 1,2,3 --seeds 0,1
     python benchmarks/bench_quality.py frontier --quick      # layer 2, seed 0, fewer coefficients
+    python benchmarks/bench_quality.py frontier --only "TrainConfig.lab" --suffix _lab   # the shipped recipe
     python benchmarks/bench_quality.py figure                # benchmarks/quality/frontier.png from the CSV
     python benchmarks/bench_quality.py timing                # seconds per SAE and per 5-coef stacked sweep
     python benchmarks/bench_quality.py tables                # the CSVs as markdown tables
@@ -380,11 +381,24 @@ def at_l0(rows: list[dict], target: float = TARGET_L0) -> dict:
     return {"l0": target, "coef": math.nan, **{k: math.nan for k in keys}}
 
 
+def train_saelab(config, rows: torch.Tensor, coefs, seed: int = 0):
+    """The shipped code itself: len(coefs) saelab.TiedSAE trained by saelab.train.train_stacked with
+    `config` (a saelab.TrainConfig, e.g. TrainConfig.lab()); returns (SAEs, seconds)."""
+    import saelab
+    from saelab.train import train_stacked
+
+    saes = [saelab.TiedSAE(rows.shape[1], N_FEATURES, seed=seed) for _ in coefs]
+    run = train_stacked(saes, [rows] * len(coefs), [float(c) for c in coefs],
+                        dataclasses.replace(config, seed=seed, progress=False))
+    return saes, run.seconds
+
+
 def run_grid(kind: str, recipe, layer: int, seed: int, coefs, ce: bool, ctx: dict) -> list[dict]:
-    """Train one SAE per coefficient with `recipe` (kind "tied" or "saelens") and measure each."""
+    """Train one SAE per coefficient with `recipe` (kind "tied", "saelab" or "saelens") and measure each."""
     train_rows, test_rows = ctx["rows"][layer]
-    saes, seconds = (train if kind == "tied" else train_saelens)(recipe, train_rows, coefs, seed)
-    steps = recipe.steps
+    trainer = {"tied": train, "saelab": train_saelab, "saelens": train_saelens}[kind]
+    saes, seconds = trainer(recipe, train_rows, coefs, seed)
+    steps = recipe.n_steps(len(train_rows)) if kind == "saelab" else recipe.steps
     out = []
     for c, sae in zip(coefs, saes):
         row = {"layer": layer, "seed": seed, "coef": float(c), "tokens": steps * recipe.batch_size,
@@ -424,6 +438,7 @@ LAB_AT_BUDGET = dataclasses.replace(LAB_TODAY, rows=None, steps=BUDGET_STEPS)
 IMPROVED = dataclasses.replace(LAB_AT_BUDGET, init_norm=1.0, init_density=0.05, lr_decay=0.2, betas=(0.9, 0.99))
 SAELENS = SAELensRecipe(steps=BUDGET_STEPS, batch_size=BUDGET_BATCH)
 TIED_COEFS = (3.0, 5.0, 9.0, 15.0, 25.0)  # the frontier's grids (L0 ~10-100)
+LAB_COEFS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # saelab's TrainConfig.lab() (normalised rows: coefficients ~3x smaller)
 SAELENS_COEFS = (0.4, 0.7, 1.2, 2.0, 3.0)
 ABLATION_COEFS = (7.0, 10.0, 14.0, 20.0)  # around L0 30
 ABLATION_SAELENS_COEFS = (0.7, 1.0, 1.4, 2.0)
@@ -488,7 +503,14 @@ def frontier_recipes(quick: bool) -> dict[str, tuple[str, object, tuple]]:
     return {"lab today (77k tokens)": ("tied", LAB_TODAY, tied),
             "lab loop at equal tokens": ("tied", LAB_AT_BUDGET, tied),
             "improved": ("tied", IMPROVED, tied),
+            "saelab TrainConfig.lab()": ("saelab", lab_config(), LAB_COEFS[1::2] if quick else LAB_COEFS),
             "SAELens standard": ("saelens", SAELENS, lens)}
+
+
+def lab_config():
+    """The shipped recipe: IMPROVED, on rows normalised to mean squared norm d_model, through saelab."""
+    import saelab
+    return saelab.TrainConfig.lab(progress=False)
 
 
 def cmd_frontier(args) -> None:
@@ -501,6 +523,8 @@ def cmd_frontier(args) -> None:
     for layer in layers:
         for seed in seeds:
             for name, (kind, recipe, coefs) in frontier_recipes(args.quick).items():
+                if args.only and not any(o in name for o in args.only.split(",")):
+                    continue
                 g = run_grid(kind, recipe, layer, seed, coefs, args.ce, ctx)
                 grid += [{"recipe": name, **x} for x in g]
                 matched.append({"recipe": name, "layer": layer, "seed": seed,
@@ -525,7 +549,7 @@ def cmd_figure(args) -> None:
     labels = {"fvu": "FVU (held-out, lower is better)", "ce_recovered": "CE loss recovered (higher is better)",
               "dense": "dense fraction (>10% of tokens)"}
     colors = {"lab today (77k tokens)": "tab:gray", "lab loop at equal tokens": "tab:blue",
-              "improved": "tab:green", "SAELens standard": "tab:red"}
+              "improved": "tab:green", "saelab TrainConfig.lab()": "tab:purple", "SAELens standard": "tab:red"}
     fig, axes = plt.subplots(len(metrics), len(layers), figsize=(4.6 * len(layers), 3.4 * len(metrics)),
                              squeeze=False, sharex=True)
     for j, layer in enumerate(layers):
@@ -608,7 +632,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--quick", action="store_true", help="layer 2, seed 0, every other coefficient")
     parser.add_argument("--no-ce", dest="ce", action="store_false", help="skip CE loss recovered (faster)")
-    parser.add_argument("--only", default="", help="ablation: comma-separated substrings of recipe names")
+    parser.add_argument("--only", default="", help="ablation, frontier: comma-separated substrings of recipe names")
     parser.add_argument("--coefs", default="", help="ablation: comma-separated coefficient grid (tied recipes)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timing: repeats (median)")

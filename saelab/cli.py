@@ -331,12 +331,11 @@ def _device_terms(message: str) -> str:
             .replace("use 'cpu' (or leave --device out)", "use --device cpu, or leave --device out"))
 
 
-def estimate_run_seconds(model_name: str, max_tokens, model_cfg, device) -> float | None:
-    """Seconds `saelab run` is expected to take, or None when it has no estimate.
-
-    No estimate exists yet (None: nothing is printed); the lab's sizes do not yet follow --max-tokens
-    (issue 13), and an estimate belongs with them, computed from the same settings."""
-    return None
+def estimate_run_seconds(model_name: str, max_tokens, model_cfg, device) -> float:
+    """Seconds `saelab run` is expected to take: `labconfig.estimate_seconds` of the very settings the
+    run uses (`lab_settings(model_name, max_tokens)`)."""
+    from .labconfig import estimate_seconds, lab_settings
+    return estimate_seconds(lab_settings(model_name, max_tokens=max_tokens), model_cfg, device)
 
 
 def _announcer(model_name: str, max_tokens):
@@ -345,9 +344,8 @@ def _announcer(model_name: str, max_tokens):
         if model_name == "tiny" or getattr(device, "type", str(device)) != "cpu":
             return
         seconds = estimate_run_seconds(model_name, max_tokens, model.cfg, device)
-        if seconds is not None:
-            print(f"saelab run: {model_name} on CPU: expect about {seconds / 60:.0f} min "
-                  f"(fewer with --max-tokens, far fewer on a GPU)", file=sys.stderr, flush=True)
+        print(f"saelab run: {model_name} on CPU: expect about {max(1, round(seconds / 60))} min "
+              f"(fewer with a smaller --max-tokens, far fewer on a GPU)", file=sys.stderr, flush=True)
     return announce
 
 

@@ -11,16 +11,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Sizes of `saelab run` per model: training tokens per layer, held-out tokens, training steps,
-#: texts for CE loss recovered. "tiny" finishes in a few minutes on 2 CPU cores.
-RUN_SIZES = {"tiny": {"max_tokens": 30_000, "eval_tokens": 10_000, "steps": 600, "ce_texts": 20}}
-RUN_SIZES_DEFAULT = {"max_tokens": 200_000, "eval_tokens": 50_000, "steps": 3000, "ce_texts": 64}
-#: The sweep's coefficients: the seed's 1e-3 (too weak to change L0 at these activation scales, since
-#: the penalty is the MEAN of |features|) up to 30; COEF is the SAE studied after the sweep.
-SWEEP_COEFS = (1e-3, 1.0, 3.0, 10.0, 30.0)
-COEF = 10.0
-BATCH_SIZE, LR = 256, 5e-3
+from .labconfig import LabSettings, lab_settings
+from .utils import describe
+
 N_CARDS = 4
+#: The BOS section reads the first this many tokens of each of 50 held-out texts (enough to compare norms).
+BOS_CONTEXT = 128
 N_STAGES = 7
 #: Column headers as displayed in the report (the CSV files keep the plain names).
 UNITS = {"mse": "mse (per dimension)", "ce_loss_clean": "ce_loss_clean (nats/token)",
@@ -104,7 +100,8 @@ def _bos_norms(model, texts, layer):
     import pandas as pd
 
     from .collect import collect_activations
-    acts = collect_activations(model, texts, [layer], exclude_bos=False, progress=False)[layer]
+    context = min(BOS_CONTEXT, model.cfg.n_ctx)
+    acts = collect_activations(model, texts, [layer], exclude_bos=False, context_length=context, progress=False)[layer]
     norms = acts.rows.norm(dim=-1)
     bos = acts.position == 0
     table = pd.DataFrame({"rows": ["BOS (position 0)", "all other tokens"],
@@ -161,7 +158,7 @@ class _Lab:
     model: object
     device: object
     seed: int
-    sizes: dict
+    settings: LabSettings
     layer: int
     train_texts: list
     test_texts: list
@@ -170,7 +167,7 @@ class _Lab:
     progress: bool
 
 
-def _setup(model_name: str, out: Path, seed: int, device, sizes: dict, progress: bool, announce=None) -> _Lab:
+def _setup(model_name: str, out: Path, seed: int, device, settings: LabSettings, progress: bool, announce=None) -> _Lab:
     from . import __version__
     from .data import load_texts
     from .experiments import notebook_layer
@@ -181,12 +178,14 @@ def _setup(model_name: str, out: Path, seed: int, device, sizes: dict, progress:
     _stage(1, N_STAGES, f"loaded model {model_name!r} on {dev}")
     if announce is not None:
         announce(model, dev)
-    lab = _Lab(model_name, model, dev, seed, sizes, notebook_layer(model), load_texts("train"), load_texts("test"),
+    lab = _Lab(model_name, model, dev, seed, settings, notebook_layer(model), load_texts("train"), load_texts("test"),
                _Report(out), out / "saes", progress)
     lab.report.add(f"<p class='note'>Model <code>{html.escape(model_name)}</code> ({model.cfg.n_layers} layers, "
                    f"d_model {model.cfg.d_model}) on {dev}; seed {seed}; saelab {__version__}. Tied ReLU SAEs with "
-                   f"{4 * model.cfg.d_model} features (4 × d_model) on <code>resid_post</code>, trained on the "
-                   f"shipped training texts and evaluated on held-out test texts. Tables are in <code>tables/</code>, "
+                   f"{settings.n_features_per_dim * model.cfg.d_model} features ({settings.n_features_per_dim} × "
+                   f"d_model) on <code>resid_post</code>, trained with the lab's recipe (<code>TrainConfig.lab()</code>: "
+                   f"one epoch, rows normalised to mean squared norm d_model) on the shipped training texts and "
+                   f"evaluated on held-out test texts. Tables are in <code>tables/</code>, "
                    f"figures in <code>figures/</code>, SAEs (SAELens format) in <code>saes/</code>, feature cards in "
                    f"<code>cards/</code>; <code>manifest.json</code> lists the run's settings and files.</p>")
     return lab
@@ -197,11 +196,12 @@ def _activations_section(lab: _Lab):
     from .collect import collect_activations
 
     layer, report = lab.layer, lab.report
-    _stage(2, N_STAGES, f"collecting activations at layer {layer} (up to {lab.sizes['max_tokens']:,} training tokens)")
+    cap = lab.settings.max_tokens
+    _stage(2, N_STAGES, f"collecting activations at layer {layer} ({'all' if cap is None else f'up to {cap:,}'} "
+                        f"training tokens)")
     bos_table, bos, other = _bos_norms(lab.model, lab.test_texts[:50], layer)
-    acts = collect_activations(lab.model, lab.train_texts, [layer], max_tokens=lab.sizes["max_tokens"],
-                               progress=lab.progress)[layer]
-    test_acts = collect_activations(lab.model, lab.test_texts, [layer], max_tokens=lab.sizes["eval_tokens"],
+    acts = collect_activations(lab.model, lab.train_texts, [layer], max_tokens=cap, progress=lab.progress)[layer]
+    test_acts = collect_activations(lab.model, lab.test_texts, [layer], max_tokens=lab.settings.eval_tokens,
                                     progress=lab.progress)[layer]
     report.add("<h2>Part 2 (exercise 2): Activations, without the BOS rows</h2>")
     report.text(f"{len(acts):,} training rows and {len(test_acts):,} held-out rows of resid_post at layer {layer} "
@@ -211,7 +211,7 @@ def _activations_section(lab: _Lab):
                 f"{bos_table.mean_norm[0] / bos_table.mean_norm[1]:.2f}× the mean norm of the other rows here (on "
                 "GPT-2 many times more). Kept in, they are repeated copies of one uninformative point that skew "
                 "training and every metric.")
-    report.table(bos_table, "bos_norms", "Residual norms of BOS rows and of the other rows (50 held-out texts).")
+    report.table(bos_table, "bos_norms", "Residual norms of BOS rows and of the other rows (the first 128 tokens of 50 held-out texts).")
     report.figure(_bos_figure(bos, other, layer), "bos_norms")
     return acts, test_acts
 
@@ -224,10 +224,11 @@ def _sweep_section(lab: _Lab, acts, test_acts):
     from .metrics import evaluate
 
     report = lab.report
-    _stage(3, N_STAGES, f"sparsity sweep: {len(SWEEP_COEFS)} SAEs, {lab.sizes['steps']} steps each")
-    sweep = sparsity_sweep(acts, coefs=SWEEP_COEFS, eval_activations=test_acts, steps=lab.sizes["steps"],
-                           seed=lab.seed, lr=LR, batch_size=BATCH_SIZE, model=lab.model,
-                           texts=lab.test_texts[:lab.sizes["ce_texts"]], progress=lab.progress, device=lab.device)
+    settings = lab.settings
+    _stage(3, N_STAGES, f"sparsity sweep: {len(settings.coefs)} SAEs, {settings.train.n_steps(len(acts))} steps each")
+    sweep = sparsity_sweep(acts, coefs=settings.coefs, eval_activations=test_acts, config=settings.train,
+                           seed=lab.seed, model=lab.model, texts=lab.test_texts[:settings.ce_texts],
+                           progress=lab.progress, device=lab.device)
     for coef, sae in sweep.saes.items():
         sae.save(lab.saes_dir / f"sweep_layer{lab.layer}_coef{coef:g}")
     report.add("<h2>Part 3 (exercise 3): Sparsity sweep</h2>")
@@ -259,7 +260,8 @@ def _correlation_section(lab: _Lab, sae, test_acts):
     _stage(4, N_STAGES, "feature co-activation")
     correlation = feature_correlation(sae, test_acts, progress=lab.progress)
     report.add("<h2>Part 4 (exercise 4): Feature co-activation</h2>")
-    report.text(f"The SAE with sparsity_coef {COEF:g} (near the knee of the trade-off). {correlation.summary()}")
+    report.text(f"The SAE with sparsity_coef {lab.settings.coef:g} (near the knee of the trade-off). "
+                f"{correlation.summary()}")
     if len(correlation.table):
         report.table(correlation.table, "top_correlated_pairs",
                      "Most correlated distinct pairs among features active on more than 1% of held-out tokens; "
@@ -278,9 +280,10 @@ def _layers_section(lab: _Lab) -> None:
 
     report = lab.report
     _stage(5, N_STAGES, "early vs late layers")
-    layers = compare_layers(lab.model, lab.train_texts, max_tokens=lab.sizes["max_tokens"],
-                            eval_texts=lab.test_texts[:50], sparsity_coef=COEF, steps=lab.sizes["steps"], lr=LR,
-                            batch_size=BATCH_SIZE, seed=lab.seed, progress=lab.progress, device=lab.device)
+    settings = lab.settings
+    layers = compare_layers(lab.model, lab.train_texts, max_tokens=settings.max_tokens, eval_texts=lab.test_texts,
+                            eval_max_tokens=settings.eval_tokens, sparsity_coef=settings.coef, config=settings.train,
+                            seed=lab.seed, progress=lab.progress, device=lab.device)
     for lay, layer_sae in layers.saes.items():
         layer_sae.save(lab.saes_dir / f"layer{lay}_coef{layers.settings['sparsity_coef']:g}")
     report.add("<h2>Part 5 (exercise 5): Early vs late layers</h2>")
@@ -299,7 +302,7 @@ def _cards_section(lab: _Lab, sae, density, correlation, test_acts) -> None:
 
     _stage(6, N_STAGES, f"feature cards ({N_CARDS})")
     lab.report.add("<h2>Part 6: Feature cards</h2>")
-    lab.report.text(f"Features of the coef {COEF:g} SAE at layer {lab.layer}: the top correlated pair, then typical "
+    lab.report.text(f"Features of the coef {lab.settings.coef:g} SAE at layer {lab.layer}: the top correlated pair, then typical "
                     "features (density nearest the median of the alive, not dense ones). Where do they fire, and "
                     "what do they push the next-token prediction towards? Each card is also saved on its own "
                     "as cards/feature_N.html.")
@@ -322,21 +325,21 @@ def _write_manifest(folder: Path, lab: _Lab, seconds: float) -> None:
     from . import __version__
     files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
     manifest = {"saelab": __version__, "model": lab.model_name, "seed": lab.seed, "device": str(lab.device),
-                "settings": {**lab.sizes, "coefs": list(SWEEP_COEFS), "coef": COEF, "batch_size": BATCH_SIZE,
-                             "lr": LR}, "seconds": round(seconds, 1), "files": files}
+                "settings": lab.settings.as_dict(), "seconds": round(seconds, 1), "files": files}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
 
 
 def run_lab(model_name: str, out: Path, seed: int = 0, device=None, max_tokens: int | None = None,
-            progress: bool = True, steps: int | None = None, announce=None) -> Path:
+            progress: bool = True, settings: LabSettings | None = None, announce=None) -> Path:
     """Run the whole lab on `model_name` into the run folder `out`; returns `out/report.html`.
 
     The run is written into a fresh folder beside `out` and swapped in only when complete, with
     `manifest.json` (seed, model, settings, every file and its size) written last: an interrupted
     or failed run leaves `out` as it was (a previous run whole, or absent). A finished run replaces
     a previous run in `out` whole; `out` holding anything but a run's files (RUN_ENTRIES) is refused
-    with ValueError("path: ...") before any work. Sizes come from RUN_SIZES (per model) or
-    RUN_SIZES_DEFAULT; max_tokens (training rows per layer) and steps override them. `announce(model,
+    with ValueError("path: ...") before any work. Sizes and recipe: `settings`, else
+    `labconfig.lab_settings(model_name, max_tokens)` (max_tokens: training rows per layer; steps
+    follow the rows), the same settings the notebook uses. `announce(model,
     device)`, if given, is called once the model is loaded, before the long work (the CLI's estimate).
     """
     import torch
@@ -344,17 +347,20 @@ def run_lab(model_name: str, out: Path, seed: int = 0, device=None, max_tokens: 
     from .files import atomic_folder
 
     started = time.perf_counter()
-    sizes = dict(RUN_SIZES.get(model_name, RUN_SIZES_DEFAULT))
-    sizes.update({k: v for k, v in (("max_tokens", max_tokens), ("steps", steps)) if v is not None})
+    if settings is None:
+        settings = lab_settings(model_name, max_tokens=max_tokens)
+    elif not isinstance(settings, LabSettings) or max_tokens is not None:
+        raise ValueError(f"settings: expected a saelab.labconfig.LabSettings (and no max_tokens beside it), "
+                         f"got {describe(settings)}")
     out = Path(out)
     with atomic_folder(out, replaceable=RUN_ENTRIES) as folder:
-        lab = _setup(model_name, folder, seed, device, sizes, progress, announce)
+        lab = _setup(model_name, folder, seed, device, settings, progress, announce)
         acts, test_acts = _activations_section(lab)
         sweep = _sweep_section(lab, acts, test_acts)
-        sae = sweep.saes[COEF]
+        sae = sweep.saes[settings.coef]
         correlation = _correlation_section(lab, sae, test_acts)
         _layers_section(lab)
-        _cards_section(lab, sae, sweep.metrics[COEF].feature_density, correlation, test_acts)
+        _cards_section(lab, sae, sweep.metrics[settings.coef].feature_density, correlation, test_acts)
         _stage(7, N_STAGES, "writing the report")
         _glossary(lab.report)
         lab.report.add(f"<p style='color:#777;font-size:12px;margin-top:32px'>Generated by <code>saelab run --model "

@@ -5,6 +5,11 @@ The math is the seed notebook's `SparseAutoencoder`, unchanged:
     features       = relu(x @ W.T + b_enc)          W = encoder.weight [n_features, d_model]
     reconstruction = features @ W + b_dec           (tied: the decoder is the encoder weight)
     loss           = mean((reconstruction - x)^2) + sparsity_coef * mean(|features|)
+
+applied to rows divided by `input_scale` (a number s, 1.0 unless training normalised the rows; see
+`TrainConfig.normalize`): encode(x) = relu((x / s) @ W.T + b_enc), decode(f) = s * (f @ W + b_dec).
+So the SAE reads and writes raw activations, while its weights and coefficient live on rows of a
+fixed mean squared norm, whatever the model's activation scale.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ class TiedSAE(nn.Module):
           an int draws them from a private RNG seeded with it (the global RNG state is untouched), and
           `TiedSAE(d, n, seed=s)` equals `torch.manual_seed(s); SparseAutoencoder(d, n)` from the notebook.
     metadata: a JSON-able dict (hook_name, layer, model_name, training settings) saved in cfg.json.
+    input_scale: s, the rows' scale (a positive float, 1.0 = none): the seed's math runs on x / s and the
+          reconstruction is multiplied back by s (set by training with `TrainConfig(normalize=True)`).
     """
 
     def __init__(self, d_model: int, n_features: int, seed: int | None = None):
@@ -40,6 +47,7 @@ class TiedSAE(nn.Module):
         self.d_model = d_model
         self.n_features = n_features
         self.metadata: dict = {}
+        self.input_scale = 1.0
         if seed is None:
             self._build()
         else:
@@ -54,9 +62,20 @@ class TiedSAE(nn.Module):
         nn.init.kaiming_uniform_(self.encoder.weight, nonlinearity="relu")
 
     @property
+    def input_scale(self) -> float:
+        """s: the seed's math runs on x / s; decode multiplies by s (1.0: the raw rows, as in the seed)."""
+        return self._input_scale
+
+    @input_scale.setter
+    def input_scale(self, value) -> None:
+        self._input_scale = check_float("input_scale", value, minimum=0.0, strict=True)
+
+    @property
     def W_dec(self) -> torch.Tensor:
-        """The decoder weight [n_features, d_model]: the encoder weight itself (tied)."""
-        return self.encoder.weight
+        """The decoder weight [n_features, d_model] on raw activations: the encoder weight itself (tied),
+        times input_scale when that is not 1."""
+        weight = self.encoder.weight
+        return weight if self._input_scale == 1.0 else weight * self._input_scale
 
     # -- the SAE interface (saelab.sae_interface): read-only views -----------------------------------
     @property
@@ -71,8 +90,9 @@ class TiedSAE(nn.Module):
 
     @property
     def b_dec(self) -> torch.Tensor:
-        """The decoder bias [d_in] (the parameter `decoder_bias`)."""
-        return self.decoder_bias
+        """The decoder bias [d_in] on raw activations (the parameter `decoder_bias`, times input_scale)."""
+        bias = self.decoder_bias
+        return bias if self._input_scale == 1.0 else bias * self._input_scale
 
     @property
     def hook_name(self) -> str | None:
@@ -94,7 +114,8 @@ class TiedSAE(nn.Module):
         return self._decode(features)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_features={self.n_features}, tied=True"
+        scale = "" if self._input_scale == 1.0 else f", input_scale={self._input_scale:.4g}"
+        return f"d_model={self.d_model}, n_features={self.n_features}, tied=True{scale}"
 
     # -- validation ------------------------------------------------------------------------------
     def _check_input(self, name: str, x, width: int, what: str) -> None:
@@ -112,16 +133,21 @@ class TiedSAE(nn.Module):
 
     # -- unchecked math (the trainer and metrics call these after validating once) -----------------
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self._input_scale != 1.0:
+            x = x / self._input_scale
         return F.relu(self.encoder(x))
 
     def _decode(self, features: torch.Tensor) -> torch.Tensor:
-        return F.linear(features, self.encoder.weight.T, self.decoder_bias)
+        reconstruction = F.linear(features, self.encoder.weight.T, self.decoder_bias)
+        return reconstruction if self._input_scale == 1.0 else reconstruction.mul_(self._input_scale)
 
     def _loss_terms(self, x: torch.Tensor, sparsity_coef: float):
-        """(loss, recon, sparsity, features [rows, n_features]) as tensors, no validation, no host sync.
-        Only `loss` carries a gradient."""
-        return _TiedLoss.apply(x.reshape(-1, self.d_model), self.encoder.weight, self.encoder.bias,
-                               self.decoder_bias, sparsity_coef)
+        """(loss, recon, sparsity, features [rows, n_features]) as tensors on x / input_scale, no
+        validation, no host sync. Only `loss` carries a gradient."""
+        x = x.reshape(-1, self.d_model)
+        if self._input_scale != 1.0:
+            x = x / self._input_scale
+        return _TiedLoss.apply(x, self.encoder.weight, self.encoder.bias, self.decoder_bias, sparsity_coef)
 
     # -- public API ------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +167,8 @@ class TiedSAE(nn.Module):
         return self._decode(features), features
 
     def compute_loss(self, x: torch.Tensor, sparsity_coef: float = 1e-3) -> tuple[torch.Tensor, dict]:
-        """The seed's loss on x [..., d_model]: MSE + sparsity_coef * mean |features|.
+        """The seed's loss on x [..., d_model]: MSE + sparsity_coef * mean |features|, computed on
+        x / input_scale (the rows the SAE trains on; with input_scale 1, on x itself).
 
         Returns (loss, {"recon": MSE, "sparsity": mean |features|, "n_active": mean number of active
         features per row}) with the dict's values as Python floats, as in the seed.
@@ -157,9 +184,10 @@ class TiedSAE(nn.Module):
     def save(self, path) -> Path:
         """Write the SAELens folder `path/` (cfg.json + sae_weights.safetensors); returns the folder.
 
-        Architecture "standard" with W_enc [d_in, d_sae] = W_dec.T (tied), b_enc, b_dec, and
+        Architecture "standard" with W_enc [d_in, d_sae] = W.T / s, W_dec = s W, b_enc and
+        b_dec = s * decoder_bias (s = input_scale, folded in; tied when s = 1), and
         apply_b_dec_to_input false (the seed does not subtract b_dec before encoding), so
-        `sae_lens.SAE.load_from_disk(path)` computes the same features and reconstructions.
+        `sae_lens.SAE.load_from_disk(path)` computes the same features and reconstructions on raw rows.
         All or nothing: the folder is written beside `path` and swapped in, so a reader (or a kill)
         sees the previous save or this one, never a mix; an existing `path` is replaced whole (it
         may hold only an SAE folder's files). Refuses NaN / inf in the weights or the metadata.

@@ -41,7 +41,9 @@ SAELENS_DATASET_DEFAULTS = {
 }
 # Written by save, removed by load (so `load(save(sae)).metadata == sae.metadata`).
 _FORMAT_METADATA_KEYS = ("sae_lens_version", "sae_lens_training_version", "saelab_version", "saelab_class",
-                         "saelab_defaults")
+                         "saelab_defaults", "saelab_input_scale")
+#: cfg.json's metadata key holding TiedSAE.input_scale s (folded into W_enc = W.T / s, W_dec = s W, b_dec).
+INPUT_SCALE_KEY = "saelab_input_scale"
 
 
 def saelens_metadata(metadata: dict) -> dict:
@@ -81,17 +83,18 @@ def save_tied(sae, path) -> Path:
     except (TypeError, ValueError) as e:
         raise ValueError(f"sae.metadata: expected JSON-serialisable values, got {sae.metadata!r} ({e})") from None
     _check_finite_json("sae.metadata", metadata)
-    tensors = {"W_enc": sae.encoder.weight.detach().T, "W_dec": sae.encoder.weight.detach(),
-               "b_enc": sae.encoder.bias.detach(), "b_dec": sae.decoder_bias.detach()}
+    scale = sae.input_scale
+    weight = sae.encoder.weight.detach()
+    tensors = {"W_enc": weight.T / scale, "W_dec": weight * scale,      # s folded in: SAELens reads raw rows
+               "b_enc": sae.encoder.bias.detach(), "b_dec": sae.decoder_bias.detach() * scale}
     for key, t in tensors.items():
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"sae: {key} contains NaN or inf; refusing to save an SAE that cannot be used "
                              f"(retrain it, or reload the last good save)")
     tensors = {k: t.contiguous().cpu() for k, t in tensors.items()}
-    weight = sae.encoder.weight
     metadata = saelens_metadata(metadata)
     metadata.update(sae_lens_version=SAE_LENS_FORMAT_VERSION, sae_lens_training_version=None,
-                    saelab_version=__version__, saelab_class="TiedSAE")
+                    saelab_version=__version__, saelab_class="TiedSAE", **{INPUT_SCALE_KEY: scale})
     cfg = {"architecture": "standard", "d_in": sae.d_model, "d_sae": sae.n_features,
            "dtype": str(weight.dtype).removeprefix("torch."), "device": str(weight.device),
            "apply_b_dec_to_input": False, "normalize_activations": "none", "reshape_activations": "none",
@@ -110,12 +113,14 @@ def load_tied(path, device, cls):
     folder = Path(path)
     dev = resolve_device(device)
     cfg, tensors = read_folder(folder)
-    _check_tied(folder, cfg, tensors)
+    scale = _input_scale(folder, cfg)
+    _check_tied(folder, cfg, tensors, scale)
     sae = cls(cfg["d_in"], cfg["d_sae"], seed=0)
     with torch.no_grad():
-        sae.encoder.weight.copy_(tensors["W_dec"])
+        sae.encoder.weight.copy_(tensors["W_dec"] / scale)
         sae.encoder.bias.copy_(tensors["b_enc"])
-        sae.decoder_bias.copy_(tensors["b_dec"])
+        sae.decoder_bias.copy_(tensors["b_dec"] / scale)
+    sae.input_scale = scale
     sae.metadata = {k: v for k, v in cfg.get("metadata", {}).items() if k not in _FORMAT_METADATA_KEYS}
     for key in cfg.get("metadata", {}).get("saelab_defaults", []):
         sae.metadata.pop(key, None)
@@ -232,8 +237,17 @@ def _parse_weights(file: Path, raw: bytes) -> dict[str, torch.Tensor]:
         raise RuntimeError(f"{file} is corrupt: not a readable safetensors file ({e})") from None
 
 
-def _check_tied(folder: Path, cfg: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """The cfg settings and tensor shapes TiedSAE needs, and W_enc == W_dec.T."""
+def _input_scale(folder: Path, cfg: dict) -> float:
+    """TiedSAE.input_scale as saved in cfg.json's metadata (1.0 when absent: any SAELens folder)."""
+    scale = cfg.get("metadata", {}).get(INPUT_SCALE_KEY, 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+        raise RuntimeError(f"{folder / CFG_FILENAME}: expected metadata.{INPUT_SCALE_KEY} to be a positive "
+                           f"number, got {scale!r}")
+    return float(scale)
+
+
+def _check_tied(folder: Path, cfg: dict, tensors: dict[str, torch.Tensor], scale: float) -> None:
+    """The cfg settings and tensor shapes TiedSAE needs, and W_enc * s == W_dec.T / s (s = input_scale)."""
     file = folder / CFG_FILENAME
     expected = {"architecture": "standard", "apply_b_dec_to_input": False, "normalize_activations": "none"}
     for key, want in expected.items():
@@ -250,8 +264,9 @@ def _check_tied(folder: Path, cfg: dict, tensors: dict[str, torch.Tensor]) -> No
         if tuple(tensors[key].shape) != shape:
             raise RuntimeError(f"{file}: expected {key} as a float tensor of shape {list(shape)} (cfg.json d_in="
                                f"{d_in}, d_sae={d_sae}), got {describe(tensors[key])}")
-    W_enc, W_dec = tensors["W_enc"], tensors["W_dec"]
-    if not torch.allclose(W_enc.T.double(), W_dec.double(), rtol=1e-6, atol=1e-8):
-        diff = (W_enc.T.double() - W_dec.double()).abs().max().item()
-        raise RuntimeError(f"{file}: expected a tied SAE with W_enc == W_dec.T, got untied weights "
-                           f"(max |W_enc.T - W_dec| = {diff:.3g}); TiedSAE cannot load it")
+    W_enc, W_dec = tensors["W_enc"].T.double() * scale, tensors["W_dec"].double() / scale
+    if not torch.allclose(W_enc, W_dec, rtol=1e-6, atol=1e-8):
+        diff = (W_enc - W_dec).abs().max().item()
+        folded = "" if scale == 1.0 else f" / s^2 (s = its input_scale, {scale:g})"
+        raise RuntimeError(f"{file}: expected a tied SAE with W_enc == W_dec.T{folded}, got untied weights "
+                           f"(max difference {diff:.3g}); TiedSAE cannot load it")

@@ -13,7 +13,6 @@ returns what was done, with the SAEs in eval mode and `metadata["interrupted_at_
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import warnings
@@ -24,71 +23,21 @@ import torch
 
 from .activations import Activations, find_nonfinite_row, gather_rows, n_rows
 from .batches import batch_indices, n_steps
+from .initialise import start_from_rows
 from .metrics import EvalResult, evaluate
 from .models import resolve_device
 from .results import Result, fmt
 from .sae import TiedSAE, tied_gradients
+from .train_config import LAB_RECIPE, TrainConfig
 from .utils import describe, progress_bar
-from .validate import check_bool, check_float, check_int, check_rows
+from .validate import check_float, check_rows
 
-__all__ = ["TrainConfig", "TrainResult", "StackedTraining", "train_sae", "train_stacked", "adam", "source_metadata",
+__all__ = ["TrainConfig", "LAB_RECIPE", "TrainResult", "StackedTraining", "train_sae", "train_stacked", "adam", "source_metadata",
            "batch_indices", "n_steps", "HISTORY_COLUMNS", "DIVERGENCE_FACTOR"]
 
 HISTORY_COLUMNS = ("step", "loss", "recon", "sparsity", "l0")
 #: `train_stacked` warns when a logged loss exceeds this many times the loss of the first step.
 DIVERGENCE_FACTOR = 100.0
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train: the seed's Adam loop settings (validated on construction).
-
-    lr: Adam's learning rate; batch_size: rows per step; epochs: passes over the rows (ignored when
-    `steps` is given: exactly that many batches); seed: the batch order (`batch_indices`); device:
-    None picks cuda, then mps, then cpu; progress: a tqdm bar; log_every: a history row every this
-    many steps (and at the last step); only those steps wait for the device.
-    """
-    lr: float = 1e-3
-    batch_size: int = 64
-    epochs: int = 1
-    steps: int | None = None
-    seed: int = 0
-    device: object = None
-    progress: bool = True
-    log_every: int = 10
-
-    def __post_init__(self):
-        checked = {"lr": check_float("lr", self.lr, minimum=0.0, strict=True),   # plain Python numbers (JSON-able)
-                   "batch_size": check_int("batch_size", self.batch_size, minimum=1),
-                   "epochs": check_int("epochs", self.epochs, minimum=1),
-                   "steps": check_int("steps", self.steps, minimum=1, allow_none=True),
-                   "seed": check_int("seed", self.seed, minimum=0),
-                   "progress": check_bool("progress", self.progress),
-                   "log_every": check_int("log_every", self.log_every, minimum=1)}
-        for name, value in checked.items():
-            object.__setattr__(self, name, value)
-        resolve_device(self.device)  # validates
-
-    @classmethod
-    def build(cls, config: "TrainConfig | None" = None, **overrides) -> "TrainConfig":
-        """`config` (default: TrainConfig()) with `overrides` (keyword arguments named as the fields)."""
-        if config is not None and not isinstance(config, TrainConfig):
-            raise ValueError(f"config: expected a saelab.TrainConfig or None, got {type(config).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise TypeError(f"unexpected keyword argument(s) {unknown}; training settings are {sorted(names)}")
-        return dataclasses.replace(config or cls(), **overrides)
-
-    def n_steps(self, n: int) -> int:
-        """How many steps training on `n` rows takes."""
-        return n_steps(n, self.batch_size, self.epochs, self.steps)
-
-    def metadata(self, n: int) -> dict:
-        """The settings as recorded in `sae.metadata` (JSON-able, saved in cfg.json)."""
-        return {"optimizer": "Adam", "lr": self.lr, "batch_size": self.batch_size,
-                "epochs": self.epochs if self.steps is None else None, "steps": self.n_steps(n),
-                "seed": self.seed, "n_train_tokens": n}
 
 
 def source_metadata(activations) -> dict:
@@ -100,13 +49,14 @@ def source_metadata(activations) -> dict:
             "hook_name": get_act_name(activations.hook, activations.layer)}
 
 
-def adam(params, lr: float) -> torch.optim.Adam:
-    """The seed's optimizer (Adam, default betas and eps) over `params`; the fused kernel where torch
-    has one for the device (one pass over the weights instead of ~10), else the default implementation."""
+def adam(params, lr: float, betas=(0.9, 0.999)) -> torch.optim.Adam:
+    """The seed's optimizer (Adam, default eps; the seed's default betas unless given) over `params`; the
+    fused kernel where torch has one for the device (one pass over the weights instead of ~10), else
+    the default implementation."""
     params = list(params)
     if params and _fused_adam_works(params[0]):
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), fused=True)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(betas))
 
 
 def _fused_adam_works(param: torch.Tensor) -> bool:
@@ -138,14 +88,15 @@ class _Stack:
     """k tied SAEs' parameters stacked on one device: W [k, n_features, d_model], b_enc [k, n_features],
     b_dec [k, d_model]; one Adam over the three."""
 
-    def __init__(self, saes: list[TiedSAE], coefs, lr: float, device):
+    def __init__(self, saes: list[TiedSAE], coefs, config: TrainConfig, device):
         with torch.no_grad():
             self.W = torch.stack([s.encoder.weight for s in saes]).to(device)
             self.b_enc = torch.stack([s.encoder.bias for s in saes]).to(device)
             self.b_dec = torch.stack([s.decoder_bias for s in saes]).to(device)
         self.saes, self.coefs = saes, [float(c) for c in coefs]
         self.coef_t = torch.tensor(self.coefs, dtype=self.W.dtype, device=device)       # [k]
-        self.optimizer = adam([self.W, self.b_enc, self.b_dec], lr)
+        self.optimizer = adam([self.W, self.b_enc, self.b_dec], config.lr, config.betas)
+        self.lr, self.scales = config.lr, [s.input_scale for s in saes]  # each SAE trains on rows / its scale
         self._sparsity_grads: dict[int, torch.Tensor] = {}
         self._all_finite = torch.ones((), dtype=torch.bool, device=device)
         self._n_finite = torch.zeros((), dtype=torch.int64, device=device)  # leading steps with finite gradients
@@ -159,8 +110,13 @@ class _Stack:
         return self._sparsity_grads[rows]
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor, with_loss: bool):
-        """One Adam step on x [k, rows, d_model]; returns [k, 4] (loss, recon, sparsity, l0) when with_loss."""
+    def step(self, x: torch.Tensor, with_loss: bool, lr: float):
+        """One Adam step at `lr` on x [k, rows, d_model]; returns [k, 4] (loss, recon, sparsity, l0) when
+        with_loss."""
+        if lr != self.lr:
+            self.lr = lr
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         rows, d_model = x.shape[1], x.shape[2]
         features = torch.baddbmm(self.b_enc.unsqueeze(1), x, self.W.transpose(1, 2)).relu_()   # [k, rows, n_f]
         grad_out = torch.baddbmm(self.b_dec.unsqueeze(1), features, self.W).sub_(x)          # reconstruction - x
@@ -205,12 +161,18 @@ def _check_sources_finite(sources: list, names: list[str]) -> None:
                              f"not start (the SAE is unchanged). Remove or fix the non-finite rows first")
 
 
-def _batch(sources: list, index: torch.Tensor, k: int, device, dtype) -> torch.Tensor:
-    """x [k, rows, d_model]: one gather expanded when every SAE reads the same source, else stacked."""
-    if all(s is sources[0] for s in sources):
+def _batch(sources: list, index: torch.Tensor, scales: list[float], device, dtype) -> torch.Tensor:
+    """x [k, rows, d_model] / scales: one gather expanded when every SAE reads the same source at the
+    same scale, else stacked."""
+    k = len(sources)
+    if all(s is sources[0] for s in sources) and len(set(scales)) == 1:
         x = gather_rows(sources[0], index).to(device=device, dtype=dtype, non_blocking=True)
+        x = x if scales[0] == 1.0 else x / scales[0]
         return x.expand(k, *x.shape)
-    return torch.stack([gather_rows(s, index) for s in sources]).to(device=device, dtype=dtype)
+    x = torch.stack([gather_rows(s, index) for s in sources]).to(device=device, dtype=dtype)
+    if any(scale != 1.0 for scale in scales):
+        x = x / torch.tensor(scales, dtype=dtype, device=device).view(-1, 1, 1)
+    return x
 
 
 def _raise_diverged(loss: float, step: int, last_good: int, lr: float, histories) -> None:
@@ -251,16 +213,17 @@ def train_stacked(saes: list[TiedSAE], sources: list, coefs, config: TrainConfig
     dev = resolve_device(config.device)
     for sae in saes:
         sae.to(dev).train()
-    stack = _Stack(saes, coefs, config.lr, dev)
+    start_from_rows(saes, sources, config)
+    stack = _Stack(saes, coefs, config, dev)
     records: list[list] = [[] for _ in saes]
     first_loss, done, last_good, n_tokens, interrupted = None, 0, 0, 0, False
     bar = progress_bar(total=total, progress=config.progress, desc=desc, unit="step")
     start = time.perf_counter()
     try:
         for step, index in enumerate(batches, 1):
-            x = _batch(sources, index, len(saes), dev, stack.W.dtype)
+            x = _batch(sources, index, stack.scales, dev, stack.W.dtype)
             log = step % config.log_every == 0 or step == total
-            values = stack.step(x, with_loss=log or step == 1)
+            values = stack.step(x, with_loss=log or step == 1, lr=config.lr_at(step, total))
             done, n_tokens = step, n_tokens + x.shape[1]
             bar.update(1)
             if values is None:

@@ -62,6 +62,17 @@ def check_float(name: str, value, minimum: float | None = None, strict: bool = F
     return float(value)
 
 
+def check_fraction(name: str, value, open_low: bool = False, open_high: bool = False) -> float:
+    """`value` as a float in [0, 1] ((0 when open_low, 1) when open_high), else ValueError naming `name`."""
+    ok = _is_number(value) and math.isfinite(value)
+    if ok:
+        ok = (value > 0 if open_low else value >= 0) and (value < 1 if open_high else value <= 1)
+    if not ok:
+        interval = f"{'(' if open_low else '['}0, 1{')' if open_high else ']'}"
+        raise ValueError(f"{name}: expected a number in {interval}, got {describe(value)}")
+    return float(value)
+
+
 def check_bool(name: str, value) -> bool:
     """`value` as a bool (True/False or a numpy bool), else ValueError naming `name`."""
     if not isinstance(value, (bool, np.bool_)):

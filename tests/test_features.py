@@ -226,7 +226,12 @@ def test_ties_are_broken_by_id(model):
                                   act_fn="relu", normalization_type="LNPre", seed=0)
     tied_model = HookedTransformer(cfg)
     with torch.no_grad():
-        tied_model.W_U[:, 10:] = tied_model.W_U[:, :1]  # tokens 0 and 10..19 get equal effects
+        # small integers: every effect is computed exactly, whatever order the matmul sums in, so
+        # tokens 0 and 10..19 tie exactly
+        g = torch.Generator().manual_seed(0)
+        sae.encoder.weight.copy_(torch.randint(-3, 4, (16, 8), generator=g).float())
+        tied_model.W_U.copy_(torch.randint(-3, 4, (8, 20), generator=g).float())
+        tied_model.W_U[:, 10:] = tied_model.W_U[:, :1]
     table = feature_logit_effects(tied_model, sae, 3, k=20).table
     for kind in ("promotes", "suppresses"):
         ids = table[table["kind"] == kind]["token_id"].tolist()

@@ -75,6 +75,20 @@ def test_train_sae_on_cuda_matches_the_cpu(trained):
 
 
 @pytest.mark.gpu
+def test_lab_recipe_on_cuda_matches_the_cpu(cpu_acts, gpu_acts):
+    """TrainConfig.lab(): the row scale, the density-set biases (kthvalue) and the lr decay on the GPU."""
+    config = saelab.TrainConfig.lab(epochs=4, progress=False)
+    cpu = saelab.sparsity_sweep(cpu_acts, coefs=(2.0, 4.0), n_features=512, config=config, device="cpu", progress=False)
+    gpu = saelab.sparsity_sweep(gpu_acts, coefs=(2.0, 4.0), n_features=512, config=config, device="cuda",
+                                progress=False)
+    for coef in (2.0, 4.0):
+        assert gpu.saes[coef].input_scale == pytest.approx(cpu.saes[coef].input_scale, rel=1e-5)
+        assert gpu.saes[coef].W_dec.device.type == "cuda"
+        assert close(gpu.metrics[coef].fvu, cpu.metrics[coef].fvu, rel=1e-2)
+        assert abs(gpu.metrics[coef].l0 - cpu.metrics[coef].l0) <= 0.02 * cpu.metrics[coef].l0 + 0.1
+
+
+@pytest.mark.gpu
 def test_stacked_sweep_on_cuda_matches_the_cpu(cpu_acts, gpu_acts):
     cpu = saelab.sparsity_sweep(cpu_acts, coefs=COEFS, n_features=512, steps=STEPS, device="cpu", progress=False)
     gpu = saelab.sparsity_sweep(gpu_acts, coefs=COEFS, n_features=512, steps=STEPS, device="cuda", progress=False)

@@ -231,3 +231,19 @@ def test_ce_conventions_saelens_leaves_out_bos_predictions_and_zeroes_bos(model)
     assert theirs.zero_ablation != pytest.approx(ours.zero_ablation, abs=1e-4)
     with pytest.raises(ValueError, match=r"conventions: expected 'saelab' or 'saelens', got 'x'"):
         ce_loss_recovered(model, sae, TEXTS, layer=1, conventions="x")
+
+
+def test_ce_of_many_saes_shares_passes_and_equals_each_alone(model, test_texts):
+    from saelab.metrics import ce_loss_recovered, ce_loss_recovered_many
+
+    saes = [_identity_sae(model.cfg.d_model), _zero_sae(model.cfg.d_model), TiedSAE(model.cfg.d_model, 256, seed=3)]
+    many = ce_loss_recovered_many(model, saes, test_texts[:3], 2)
+    for sae, result in zip(saes, many):
+        alone = ce_loss_recovered(model, sae, test_texts[:3], 2)
+        assert (alone.clean, alone.spliced, alone.zero_ablation, alone.score) == \
+            (result.clean, result.spliced, result.zero_ablation, result.score)
+    assert many[0].score == pytest.approx(1.0) and many[1].score < many[0].score
+    with pytest.raises(ValueError, match="saes: expected a non-empty list of SAEs"):
+        ce_loss_recovered_many(model, [], test_texts[:3], 2)
+    with pytest.raises(ValueError, match=r"saes\[1\]: expected a saelab TiedSAE or a SAELens SAE"):
+        ce_loss_recovered_many(model, [saes[0], "nope"], test_texts[:3], 2)

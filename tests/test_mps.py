@@ -49,3 +49,11 @@ def test_mps_accumulation_reduces_in_float32_and_sums_in_float64_on_the_cpu(monk
 
 def test_accumulation_on_cpu_is_float64_on_the_device():
     assert models.accumulation("cpu") == (torch.float64, torch.device("cpu"))
+
+
+def test_row_scale_sums_off_the_device_on_mps(monkeypatch):
+    from saelab import initialise
+    rows = _rows() * 7
+    reference = initialise.row_scale(rows)
+    monkeypatch.setattr(initialise, "accumulation", lambda device: MPS_ANSWER)
+    assert abs(initialise.row_scale(rows) / reference - 1) < 1e-6   # float32 batch sums, float64 total

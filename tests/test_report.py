@@ -4,23 +4,24 @@ import pandas as pd
 import pytest
 import torch
 
-from saelab import report as report_module
-from saelab.report import COEF, SWEEP_COEFS, run_lab
+import dataclasses
 
-STEPS, MAX_TOKENS, EVAL_TOKENS = 40, 800, 600
+from saelab import report as report_module
+from saelab.labconfig import COEF, SWEEP_COEFS, lab_settings
+from saelab.report import run_lab
+from saelab.train_config import TrainConfig
+
+MAX_TOKENS, EVAL_TOKENS, EPOCHS = 800, 600, 10
+STEPS = 4 * EPOCHS  # 800 rows in batches of 256: 4 steps per epoch
+#: A small lab: the lab's recipe on 800 rows for 10 epochs (steps follow the rows), 3 CE texts.
+SMALL = dataclasses.replace(lab_settings("tiny", max_tokens=MAX_TOKENS), eval_tokens=EVAL_TOKENS, ce_texts=3,
+                            train=TrainConfig.lab(epochs=EPOCHS, progress=False))
 
 
 @pytest.fixture(scope="module")
 def lab_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    patch = pytest.MonkeyPatch()
-    patch.setitem(report_module.RUN_SIZES, "tiny", {"max_tokens": 30_000, "eval_tokens": EVAL_TOKENS,
-                                                    "steps": 600, "ce_texts": 3})
-    try:
-        path = run_lab("tiny", out, seed=0, device="cpu", max_tokens=MAX_TOKENS, steps=STEPS, progress=False)
-    finally:
-        patch.undo()
-    return out, path
+    return out, run_lab("tiny", out, seed=0, device="cpu", settings=SMALL, progress=False)
 
 
 def test_report_page_figures_and_cards(lab_run):
@@ -49,14 +50,15 @@ def test_sweep_table_is_sane_and_matches_the_saved_saes(lab_run, model, test_tex
     n_features = 4 * model.cfg.d_model
     assert ((t["fvu"] > 0) & (t["fvu"] < 1.5)).all() and ((t["l0"] > 0) & (t["l0"] <= n_features)).all()
     assert (t["fvu"] - (1 - t["explained_variance"])).abs().max() < 1e-12
-    assert t["l0"].iloc[-1] < 0.7 * t["l0"].iloc[0]  # coef 30 is far sparser than coef 1e-3 (70 vs 125 here)
+    assert t["l0"].iloc[-1] < 0.7 * t["l0"].iloc[0]  # coef 8 is far sparser than coef 1e-3
     assert t["ce_loss_recovered"].between(-1, 1.01).all()
     test_acts = collect_activations(model, test_texts, [2], max_tokens=EVAL_TOKENS, progress=False)[2]
     for coef, fvu, l0 in zip(t["coef"], t["fvu"], t["l0"]):
         sae = TiedSAE.load(out / "saes" / f"sweep_layer2_coef{coef:g}", device="cpu")
         assert sae.metadata["sparsity_coef"] == coef and sae.metadata["steps"] == STEPS and sae.metadata["layer"] == 2
         m = evaluate(sae, test_acts)
-        assert m.fvu == pytest.approx(fvu, rel=1e-9) and m.l0 == pytest.approx(l0, rel=1e-9)
+        # the saved folder holds W_dec = s W and W_enc = W.T / s (input_scale folded in): 1-ulp rounding
+        assert m.fvu == pytest.approx(fvu, rel=1e-6) and m.l0 == pytest.approx(l0, rel=1e-6)
     split = pd.read_csv(out / "tables" / "train_vs_heldout.csv")
     assert list(split["coef"]) == list(SWEEP_COEFS) and (split["fvu_held_out"] == t["fvu"]).all()
 
@@ -80,14 +82,15 @@ def test_layer_and_other_tables(lab_run, model):
 
 
 def _run_small(out, seed, **kw):
-    return run_lab("tiny", out, seed=seed, device="cpu", max_tokens=MAX_TOKENS, steps=STEPS, progress=False, **kw)
+    return run_lab("tiny", out, seed=seed, device="cpu", settings=SMALL, progress=False, **kw)
 
 
 def test_manifest_lists_every_file_and_the_settings(lab_run):
     import json
     out, _ = lab_run
     manifest = json.loads((out / "manifest.json").read_text())
-    assert (manifest["model"], manifest["seed"], manifest["settings"]["steps"]) == ("tiny", 0, STEPS)
+    assert (manifest["model"], manifest["seed"], manifest["settings"]["max_tokens"]) == ("tiny", 0, MAX_TOKENS)
+    assert manifest["settings"]["train"]["normalize"] is True and manifest["settings"]["coef"] == COEF
     files = {p.relative_to(out).as_posix(): p.stat().st_size for p in out.rglob("*") if p.is_file()}
     assert manifest["files"] == {k: v for k, v in files.items() if k != "manifest.json"}
     assert not [p for p in out.parent.iterdir() if ".saelab-tmp-" in p.name]
@@ -129,8 +132,10 @@ def test_a_killed_run_leaves_the_old_one_whole(lab_run, tmp_path):
     old, _ = lab_run
     out = tmp_path / "run"
     shutil.copytree(old, out)
-    code = ("import sys; from saelab.report import run_lab; "
-            f"run_lab('tiny', sys.argv[1], seed=1, device='cpu', max_tokens={MAX_TOKENS}, steps=100000, progress=False)")
+    code = ("import sys, dataclasses; from saelab.report import run_lab; from saelab.labconfig import lab_settings; "
+            "from saelab.train_config import TrainConfig; "
+            f"s = dataclasses.replace(lab_settings('tiny', max_tokens={MAX_TOKENS}), train=TrainConfig.lab(steps=100000)); "
+            "run_lab('tiny', sys.argv[1], seed=1, device='cpu', settings=s, progress=False)")
     import os
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SAELAB_PROGRESS": "0"}
     child = subprocess.Popen([sys.executable, "-c", code, str(out)], stderr=subprocess.PIPE, text=True, env=env)

@@ -16,12 +16,13 @@ import torch
 from saelab.activations import Activations, iter_row_batches
 from saelab.collect import collect_activations
 from saelab.data import TEST_PROMPTS
-from saelab.experiments.sparsity import NOTEBOOK_BATCH_SIZE, NOTEBOOK_EPOCHS, NOTEBOOK_FEATURES_PER_DIM, NOTEBOOK_LR
+from saelab.experiments.sparsity import NOTEBOOK_FEATURES_PER_DIM, NOTEBOOK_LOOP
 from saelab.metrics import EvalResult, evaluate
 from saelab.models import accumulation
 from saelab.results import Result, format_table, fmt
 from saelab.sae import TiedSAE
-from saelab.train import TrainConfig, train_stacked
+from saelab.train import train_stacked
+from saelab.train_config import TrainConfig, experiment_config
 from saelab.utils import describe, progress_bar
 from saelab.validate import check_float, check_int, check_layers, check_model
 
@@ -144,15 +145,15 @@ def _prompts(test_prompts) -> dict[str, str]:
 @torch.no_grad()
 def _norm_and_top_features(sae: TiedSAE, activations, k: int) -> tuple[float, list[int]]:
     """(mean L2 norm of the rows, the k features with the highest mean activation), streamed."""
-    weight = sae.encoder.weight
+    weight = sae.W_dec
     dtype, home = accumulation(weight.device)   # float64 sums on the device; on MPS float32 there, float64 on CPU
     norm_sum = torch.zeros((), dtype=torch.float64, device=home)
-    feature_sum = torch.zeros(sae.n_features, dtype=torch.float64, device=home)
+    feature_sum = torch.zeros(sae.d_sae, dtype=torch.float64, device=home)
     n = 0
     for batch in iter_row_batches(activations, 4096):
         x = batch.to(device=weight.device, dtype=weight.dtype)
         norm_sum += x.norm(dim=-1).sum(dtype=dtype).to(home, torch.float64)
-        feature_sum += sae._encode(x).sum(dim=0, dtype=dtype).to(home, torch.float64)
+        feature_sum += sae.encode_unchecked(x).sum(dim=0, dtype=dtype).to(home, torch.float64)
         n += x.shape[0]
     top = torch.argsort(feature_sum, descending=True, stable=True)[:k]
     return (norm_sum / n).item(), [int(f) for f in top]
@@ -168,8 +169,8 @@ def _prompt_rows(model, saes: dict[int, TiedSAE], hook: str, prompts: dict[str, 
         _, cache = model.run_with_cache(prompt, names_filter=list(names.values()),
                                         stop_at_layer=max(saes) + 1)
         for layer, sae in saes.items():
-            weight = sae.encoder.weight
-            features = sae._encode(cache[names[layer]][0, -1].to(device=weight.device, dtype=weight.dtype))
+            weight = sae.W_dec
+            features = sae.encode_unchecked(cache[names[layer]][0, -1].to(device=weight.device, dtype=weight.dtype))
             value, strongest = features.max(dim=0)
             rows.append({"prompt_name": name, "prompt": prompt, "layer": layer,
                          "n_active": int((features > 0).sum()), "strongest_feature": int(strongest),
@@ -178,10 +179,11 @@ def _prompt_rows(model, saes: dict[int, TiedSAE], hook: str, prompts: dict[str, 
 
 
 def compare_layers(model, texts, layers=None, test_prompts=None, n_features: int | None = None,
-                   sparsity_coef: float = NOTEBOOK_LAYER_COEF, epochs: int = NOTEBOOK_EPOCHS,
-                   batch_size: int = NOTEBOOK_BATCH_SIZE, max_tokens: int | None = None, eval_texts=None,
+                   sparsity_coef: float = NOTEBOOK_LAYER_COEF, epochs: int | None = None,
+                   batch_size: int | None = None, max_tokens: int | None = None, eval_texts=None,
                    seed: int = 0, progress: bool = True, device=None, steps: int | None = None,
-                   lr: float = NOTEBOOK_LR) -> LayerComparison:
+                   lr: float | None = None, config: TrainConfig | None = None,
+                   eval_max_tokens: int | None = None) -> LayerComparison:
     """Train one SAE per layer and compare the layers (the original notebook's exercise 3).
 
     model: a HookedTransformer (e.g. `saelab.load_model("tiny")`); texts: the texts to collect
@@ -190,7 +192,10 @@ def compare_layers(model, texts, layers=None, test_prompts=None, n_features: int
     to the model's depth), n_features = 4 * d_model, sparsity_coef 5e-4, 50 epochs, Adam lr 1e-3,
     batches of 64, the four TEST_PROMPTS. steps: exactly that many batches instead of `epochs`.
     max_tokens caps the rows collected; eval_texts: measure on held-out texts instead of the training
-    rows (the notebook measures on its training rows).
+    rows (the notebook measures on its training rows), at most eval_max_tokens of them.
+    config: a `TrainConfig` instead of the notebook's loop (e.g. `TrainConfig.lab()`); epochs, steps,
+    lr and batch_size, when given, override its fields; seed, device and progress come from their
+    arguments.
     The SAEs train together in one stacked model (same results as one `train_sae` per layer).
     Returns a `LayerComparison` (.table with FVU, .prompt_table, .plot(), .saes).
     """
@@ -200,11 +205,11 @@ def compare_layers(model, texts, layers=None, test_prompts=None, n_features: int
     n_features = check_int("n_features", n_features, minimum=1, allow_none=True) or \
         NOTEBOOK_FEATURES_PER_DIM * model.cfg.d_model
     coef = check_float("sparsity_coef", sparsity_coef, minimum=0.0)
-    config = TrainConfig(lr=lr, batch_size=batch_size, epochs=epochs, steps=steps, seed=seed, device=device,
-                         progress=progress)
+    config = experiment_config(config, NOTEBOOK_LOOP, seed, device, progress, lr=lr, batch_size=batch_size,
+                               epochs=epochs, steps=steps)
     acts = collect_activations(model, texts, list(layer_list), max_tokens=max_tokens, progress=progress)
     held_out = None if eval_texts is None else collect_activations(model, eval_texts, list(layer_list),
-                                                                   progress=progress)
+                                                                   max_tokens=eval_max_tokens, progress=progress)
     saes = [TiedSAE(acts.width, n_features, seed=seed) for _ in layer_list]
     run = train_stacked(saes, [acts[layer] for layer in layer_list], [coef] * len(layer_list), config,
                         trainer="saelab.compare_layers (stacked)", desc="layer SAEs",
@@ -221,7 +226,7 @@ def compare_layers(model, texts, layers=None, test_prompts=None, n_features: int
     by_layer = dict(zip(layer_list, saes))
     meta = saes[0].metadata
     settings = {"model_name": acts.model_name, "layers": layer_list, "n_features": n_features, "sparsity_coef": coef,
-                "lr": meta["lr"], "batch_size": batch_size, "epochs": meta["epochs"], "steps": meta["steps"],
+                "lr": meta["lr"], "batch_size": config.batch_size, "epochs": meta["epochs"], "steps": meta["steps"],
                 "seed": seed, "n_train_tokens": len(acts)}
     return LayerComparison(table=pd.DataFrame(rows), prompt_table=pd.DataFrame(_prompt_rows(model, by_layer, acts.hook,
                                                                                             prompts)),

@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 
 from saelab.activations import Activations, width_of
-from saelab.metrics import EvalResult, ce_loss_recovered, evaluate
+from saelab.metrics import EvalResult, ce_loss_recovered_many, evaluate
 from saelab.results import Result, fmt
 from saelab.sae import TiedSAE
-from saelab.train import TrainConfig, train_stacked
+from saelab.train import train_stacked
+from saelab.train_config import TrainConfig, experiment_config
 from saelab.utils import progress_bar
-from saelab.validate import check_coefs, check_int, check_layer, check_rows, check_texts
+from saelab.validate import check_coefs, check_float, check_int, check_layer, check_rows, check_texts
 
 #: The original notebook's sweep: coefficients, epochs over its rows, Adam lr, batch size, dictionary size.
 NOTEBOOK_COEFS = (1e-2, 1e-3, 1e-4)
@@ -26,6 +27,8 @@ NOTEBOOK_EPOCHS = 50
 NOTEBOOK_LR = 1e-3
 NOTEBOOK_BATCH_SIZE = 64
 NOTEBOOK_FEATURES_PER_DIM = 4  # n_features = 4 * d_model
+#: The notebook's training loop (the experiments' default TrainConfig).
+NOTEBOOK_LOOP = {"lr": NOTEBOOK_LR, "batch_size": NOTEBOOK_BATCH_SIZE, "epochs": NOTEBOOK_EPOCHS}
 
 
 @dataclass(repr=False)
@@ -59,6 +62,21 @@ class SweepResult(Result):
                 f"{s.get('steps')} steps{stop} of {s.get('batch_size')} on {s.get('n_train_tokens'):,} tokens, "
                 f"{self.seconds:.1f}s), evaluated on {self.evaluated_on} ({int(self.table['n_tokens'].iloc[0]):,} "
                 f"tokens){trend}")
+
+    def at_l0(self, l0: float) -> dict:
+        """The sweep's metrics at L0 = `l0`, interpolated between the two coefficients whose L0 bracket it
+        (linearly in log L0): {"l0", "coef", "fvu", "dense_fraction", "dead_fraction" (and
+        "ce_loss_recovered" when measured)}; NaN for each when no two SAEs of the sweep bracket `l0`
+        (a sweep's coefficients must reach to both sides of it)."""
+        target = check_float("l0", l0, minimum=0.0, strict=True)
+        t = self.table[self.table["l0"] > 0].sort_values("l0")
+        columns = [c for c in ("coef", "fvu", "dense_fraction", "dead_fraction", "ce_loss_recovered") if c in t]
+        for (_, lo), (_, hi) in zip(t.iterrows(), t.iloc[1:].iterrows()):
+            if lo["l0"] <= target <= hi["l0"]:
+                span = math.log(hi["l0"]) - math.log(lo["l0"])
+                w = (math.log(target) - math.log(lo["l0"])) / span if span else 0.0
+                return {"l0": target, **{c: float(lo[c] + w * (hi[c] - lo[c])) for c in columns}}
+        return {"l0": target, **{c: math.nan for c in columns}}
 
     def plot(self):
         """The trade-off: L0 (x) against FVU = 1 - explained variance (y), one point per coefficient,
@@ -187,15 +205,19 @@ def _log_if_wide(set_scale, values) -> None:
 
 
 def sparsity_sweep(activations, coefs=NOTEBOOK_COEFS, eval_activations=None, n_features: int | None = None,
-                   epochs: int = NOTEBOOK_EPOCHS, steps: int | None = None, lr: float = NOTEBOOK_LR,
-                   batch_size: int = NOTEBOOK_BATCH_SIZE, model=None, texts=None, layer: int | None = None,
-                   seed: int = 0, progress: bool = True, device=None) -> SweepResult:
+                   epochs: int | None = None, steps: int | None = None, lr: float | None = None,
+                   batch_size: int | None = None, model=None, texts=None, layer: int | None = None,
+                   seed: int = 0, progress: bool = True, device=None, config: TrainConfig | None = None
+                   ) -> SweepResult:
     """Train one tied SAE per sparsity coefficient and compare them (the original notebook's exercise 1).
 
     activations: a single-layer `Activations` or a float tensor [n_tokens, d_model] to train on.
     Defaults are the notebook's: coefs (1e-2, 1e-3, 1e-4), n_features = 4 * d_model, 50 epochs over
     the rows, Adam with lr 1e-3, batches of 64, every SAE initialised as `TiedSAE(d_model, n_features,
     seed=seed)`. With `steps`, exactly that many batches instead of `epochs` (a quicker run).
+    config: a `TrainConfig` to train with instead of the notebook's loop (e.g. `TrainConfig.lab()`,
+        the lab's recipe); epochs, steps, lr and batch_size, when given, override its fields, and
+        seed, device and progress always come from their arguments.
     eval_activations: held-out rows to measure on. Without them the SAEs are measured on their own
         training rows, as the notebook does (`result.evaluated_on` says which).
     model, texts (, layer): also measure CE loss recovered (`metrics.ce_loss_recovered`) on those
@@ -212,25 +234,24 @@ def sparsity_sweep(activations, coefs=NOTEBOOK_COEFS, eval_activations=None, n_f
     if eval_activations is not None:
         check_rows("eval_activations", eval_activations, d_model)
     texts, layer = _check_ce_inputs(model, texts, layer, activations)
-    config = TrainConfig(lr=lr, batch_size=batch_size, epochs=epochs, steps=steps, seed=seed, device=device,
-                         progress=progress)
+    config = experiment_config(config, NOTEBOOK_LOOP, seed, device, progress, lr=lr, batch_size=batch_size,
+                               epochs=epochs, steps=steps)
     saes = [TiedSAE(d_model, n_features, seed=seed) for _ in coefs]
     run = train_stacked(saes, [activations] * len(coefs), coefs, config, trainer="saelab.sparsity_sweep (stacked)",
                         desc="sparsity sweep")
     evaluated_on = "training data" if eval_activations is None else "held-out"
     target = activations if eval_activations is None else eval_activations
-    rows, metrics = [], {}
-    for coef, sae in zip(coefs, progress_bar(saes, progress=progress, desc="evaluating", unit="SAE")):
-        metrics[coef] = evaluate(sae, target)
-        row = {"coef": coef, **metrics[coef].as_dict()}
-        if model is not None:
-            ce = ce_loss_recovered(model, sae, texts, layer, hook=_hook_of(activations))
+    metrics = {coef: evaluate(sae, target) for coef, sae in
+               zip(coefs, progress_bar(saes, progress=progress, desc="evaluating", unit="SAE"))}
+    rows = [{"coef": coef, **metrics[coef].as_dict()} for coef in coefs]
+    if model is not None:   # one shared clean and zero-ablated pass for all the SAEs
+        for row, ce in zip(rows, ce_loss_recovered_many(model, saes, texts, layer, hook=_hook_of(activations))):
             row.update(ce_loss_recovered=ce.score, ce_loss_spliced=ce.spliced, ce_loss_clean=ce.clean)
-        rows.append({**row, "evaluated_on": evaluated_on})
+    rows = [{**row, "evaluated_on": evaluated_on} for row in rows]
     table = pd.DataFrame(rows)
     table = table[[c for c in table.columns if c != "n_tokens"] + ["n_tokens"]]
     first = saes[0].metadata
-    settings = {"n_features": n_features, "d_model": d_model, "lr": first["lr"], "batch_size": batch_size,
+    settings = {"n_features": n_features, "d_model": d_model, "lr": first["lr"], "batch_size": config.batch_size,
                 "epochs": first["epochs"], "steps": first["steps"], "seed": seed, "n_train_tokens": n,
                 "layer": first.get("layer"), "model_name": first.get("model_name")}
     return SweepResult(table=table, saes=dict(zip(coefs, saes)), histories=dict(zip(coefs, run.histories)),
