@@ -32,8 +32,8 @@ from .train_config import LAB_RECIPE, TrainConfig
 from .utils import describe, progress_bar
 from .validate import check_float, check_rows
 
-__all__ = ["TrainConfig", "LAB_RECIPE", "TrainResult", "StackedTraining", "train_sae", "train_stacked", "adam", "source_metadata",
-           "batch_indices", "n_steps", "HISTORY_COLUMNS", "DIVERGENCE_FACTOR"]
+__all__ = ["TrainConfig", "LAB_RECIPE", "TrainResult", "StackedTraining", "train_sae", "train_stacked", "adam",
+           "source_metadata", "batch_indices", "n_steps", "HISTORY_COLUMNS", "DIVERGENCE_FACTOR"]
 
 HISTORY_COLUMNS = ("step", "loss", "recon", "sparsity", "l0")
 #: `train_stacked` warns when a logged loss exceeds this many times the loss of the first step.
@@ -276,7 +276,7 @@ class TrainResult(Result):
     """What `train_sae` returns: the trained SAE, its loss history and its final metrics.
 
     table (= history): step, loss, recon, sparsity, l0, one row every `log_every` steps (values on
-    that step's batch). seconds: the training loop only (not the final evaluation). interrupted:
+    that step's batch, divided by sae.input_scale when training normalised the rows). seconds: the training loop only (not the final evaluation). interrupted:
     True when Ctrl-C ended training early (the SAE holds the weights after `steps_done` steps).
     """
     sae: TiedSAE
@@ -326,8 +326,9 @@ def train_sae(sae: TiedSAE, activations, sparsity_coef: float = 1e-3, config: Tr
 
     activations: a single-layer `Activations` or a float tensor [n_tokens, d_model], read batch by
     batch in the order of `batch_indices(n_tokens, batch_size, seed, epochs, steps)`.
-    config: a `TrainConfig`; overrides: any of its fields as keywords (lr=, batch_size=, epochs=,
-    steps=, seed=, device=, progress=, log_every=), e.g. `train_sae(sae, acts, 1e-3, steps=500)`.
+    config: a `TrainConfig` (e.g. `TrainConfig.lab()`, the lab's recipe); overrides: any of its fields
+    as keywords (lr=, batch_size=, epochs=, steps=, seed=, device=, progress=, log_every=, betas=,
+    lr_decay=, normalize=, init_norm=, init_density=), e.g. `train_sae(sae, acts, 1e-3, steps=500)`.
     eval_activations: optional held-out rows for `eval_metrics` (`train_metrics` is always computed).
     Same SAE initialisation and seed, same numbers. Faults (see the module docstring): non-finite
     rows raise ValueError before any step; a NaN/inf loss raises FloatingPointError naming the step

@@ -543,7 +543,8 @@ checks.check_fvu(fvu)
 # `saelab.compare_layers` collects the rows of both layers in one pass, trains one SAE per layer (the
 # seed's early and late layers, 2 and 10 of 12, at the same relative depth) and reports, on held-out
 # texts, the activation norm, the raw MSE, FVU and L0, then the seed's four test prompts: how many
-# features are active at the last token, and the strongest.
+# features are active at the last token, and the strongest. Both SAEs use the same coefficient, and with
+# the recipe's normalisation (3b) it asks the same sparsity of both layers, whatever their norms.
 
 # %%
 layers = saelab.compare_layers(model, train_texts, max_tokens=MAX_TOKENS, eval_texts=test_texts,
