@@ -39,7 +39,8 @@ SIZES = {("tiny", "full"): {"max_tokens": None, "eval_tokens": 10_000, "ce_texts
 TINY_TRAIN_ROWS = 157_037
 #: What `estimate_seconds` assumes: a fixed overhead (loading, figures, cards, the report) plus the
 #: work's float operations at CPU_FLOPS per second. Fitted on a 2-core machine to two runs of
-#: `saelab run`: tiny with every row (48 s) and the GPT-2 small stand-in with --max-tokens 3000 (92 s).
+#: `saelab run`: tiny with every row (48 s) and the GPT-2 small stand-in with --max-tokens 3000 (92 s,
+#: with 3 CE texts; with today's 1 it takes 66 s, estimated 72 s).
 #: GPU_FLOPS (100x) is a guess: no GPU run has calibrated it.
 OVERHEAD_SECONDS = 30.0
 CPU_FLOPS = 1e11

@@ -309,7 +309,8 @@ class TrainResult(Result):
         h = self.history
         ax_recon.plot(h["step"], h["recon"], label="reconstruction (MSE)")
         ax_recon.plot(h["step"], h["loss"], label="total loss", alpha=0.6)
-        ax_recon.set(xlabel="training step", ylabel="loss", title="Loss")
+        normalised = " (on normalised rows)" if getattr(self.sae, "input_scale", 1.0) != 1.0 else ""
+        ax_recon.set(xlabel="training step", ylabel="loss" + normalised, title="Loss")
         if (h[["recon", "loss"]] > 0).all().all():
             ax_recon.set_yscale("log")
         ax_recon.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=9)  # below the data

@@ -119,7 +119,9 @@ class SweepResult(Result):
         for coef, h in sorted(self.histories.items()):
             ax_recon.plot(h["step"], h["recon"], label=f"coef={coef:g}")
             ax_l0.plot(h["step"], h["l0"], label=f"coef={coef:g}")
-        ax_recon.set(xlabel="training step", ylabel="reconstruction MSE (batch)", title="Reconstruction", yscale="log")
+        scaled = any(sae.input_scale != 1.0 for sae in self.saes.values())   # trained on normalised rows
+        ax_recon.set(xlabel="training step", ylabel="reconstruction MSE (batch" + (", normalised rows)" if scaled else ")"),
+                     title="Reconstruction", yscale="log")
         ax_l0.set(xlabel="training step", ylabel="L0 (batch)", title="Active features per token")
         fig.suptitle(f"Training curves (on each step's batch), one line per sparsity coefficient", fontsize=12)
         ax_l0.legend(title="sparsity coef", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
