@@ -206,8 +206,7 @@ def ce_loss_recovered_many(model, saes, texts, layer: int, hook: str = "resid_po
 
 def _ce_results(model, saes, texts, layer, hook, batch_size, context_length, exclude_bos, conventions):
     """CELossResult per SAE (already through as_sae): passes clean, zeroed, then one spliced per SAE."""
-    for sae in saes:
-        texts, hook_name, context_length = _check_ce_args(model, sae, texts, layer, hook, batch_size, context_length)
+    texts, hook_name, context_length = _check_ce_args(model, texts, layer, hook, batch_size, context_length)
     if conventions not in ("saelab", "saelens"):
         raise ValueError(f"conventions: expected 'saelab' or 'saelens', got {conventions!r}")
     special = _special_token_ids(model.tokenizer) if conventions == "saelens" else None
@@ -240,7 +239,7 @@ def _special_token_ids(tokenizer) -> torch.Tensor:
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
-def _check_ce_args(model, sae, texts, layer, hook, batch_size, context_length) -> tuple[list[str], str, int]:
+def _check_ce_args(model, texts, layer, hook, batch_size, context_length) -> tuple[list[str], str, int]:
     """(texts, full hook name, context length) after checking `ce_loss_recovered`'s arguments."""
     check_model("model", model)
     texts = check_texts("texts", texts, allow_str=True)

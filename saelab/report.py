@@ -211,7 +211,8 @@ def _activations_section(lab: _Lab):
                 f"{bos_table.mean_norm[0] / bos_table.mean_norm[1]:.2f}× the mean norm of the other rows here (on "
                 "GPT-2 many times more). Kept in, they are repeated copies of one uninformative point that skew "
                 "training and every metric.")
-    report.table(bos_table, "bos_norms", "Residual norms of BOS rows and of the other rows (the first 128 tokens of 50 held-out texts).")
+    report.table(bos_table, "bos_norms", f"Residual norms of BOS rows and of the other rows (the first {BOS_CONTEXT} "
+                                         f"tokens of 50 held-out texts).")
     report.figure(_bos_figure(bos, other, layer), "bos_norms")
     return acts, test_acts
 
@@ -227,7 +228,7 @@ def _sweep_section(lab: _Lab, acts, test_acts):
     settings = lab.settings
     _stage(3, N_STAGES, f"sparsity sweep: {len(settings.coefs)} SAEs, {settings.train.n_steps(len(acts))} steps each")
     sweep = sparsity_sweep(acts, coefs=settings.coefs, eval_activations=test_acts, config=settings.train,
-                           seed=lab.seed, model=lab.model, texts=lab.test_texts[:settings.ce_texts],
+                           n_features=settings.n_features_per_dim * acts.width, seed=lab.seed, model=lab.model, texts=lab.test_texts[:settings.ce_texts],
                            progress=lab.progress, device=lab.device)
     for coef, sae in sweep.saes.items():
         sae.save(lab.saes_dir / f"sweep_layer{lab.layer}_coef{coef:g}")
@@ -283,7 +284,7 @@ def _layers_section(lab: _Lab) -> None:
     settings = lab.settings
     layers = compare_layers(lab.model, lab.train_texts, max_tokens=settings.max_tokens, eval_texts=lab.test_texts,
                             eval_max_tokens=settings.eval_tokens, sparsity_coef=settings.coef, config=settings.train,
-                            seed=lab.seed, progress=lab.progress, device=lab.device)
+                            n_features=settings.n_features_per_dim * lab.model.cfg.d_model, seed=lab.seed, progress=lab.progress, device=lab.device)
     for lay, layer_sae in layers.saes.items():
         layer_sae.save(lab.saes_dir / f"layer{lay}_coef{layers.settings['sparsity_coef']:g}")
     report.add("<h2>Part 5 (exercise 5): Early vs late layers</h2>")
@@ -349,9 +350,11 @@ def run_lab(model_name: str, out: Path, seed: int = 0, device=None, max_tokens: 
     started = time.perf_counter()
     if settings is None:
         settings = lab_settings(model_name, max_tokens=max_tokens)
-    elif not isinstance(settings, LabSettings) or max_tokens is not None:
-        raise ValueError(f"settings: expected a saelab.labconfig.LabSettings (and no max_tokens beside it), "
-                         f"got {describe(settings)}")
+    elif not isinstance(settings, LabSettings):
+        raise ValueError(f"settings: expected a saelab.labconfig.LabSettings or None, got {describe(settings)}")
+    elif max_tokens is not None:
+        raise ValueError(f"max_tokens: expected None when settings are given (set settings.max_tokens instead), "
+                         f"got {max_tokens}")
     out = Path(out)
     with atomic_folder(out, replaceable=RUN_ENTRIES) as folder:
         lab = _setup(model_name, folder, seed, device, settings, progress, announce)

@@ -334,8 +334,8 @@ checks.check_training_loop(train_one)
 # %%
 COEFS = list(LAB.coefs)  # [0.001, 0.5, 1, 2, 4, 8]
 COEF = LAB.coef          # 4: the SAE we study in Parts 4 to 6
-sweep = saelab.sparsity_sweep(acts, coefs=COEFS, eval_activations=test_acts, config=RECIPE, model=model,
-                              texts=test_texts[:CE_TEXTS])
+sweep = saelab.sparsity_sweep(acts, coefs=COEFS, eval_activations=test_acts, config=RECIPE, n_features=N_FEATURES,
+                              model=model, texts=test_texts[:CE_TEXTS])
 print(f"rows scaled by 1/{sweep.saes[COEF].input_scale:.3g} for training (sae.input_scale)")
 display(sweep)
 display(sweep.plot())
@@ -368,7 +368,8 @@ assert l0[-1] < l0[0], "the largest coefficient should give fewer active feature
 
 # %%
 seed_loop = saelab.TrainConfig(lr=RECIPE.lr, batch_size=RECIPE.batch_size, epochs=RECIPE.epochs, normalize=True)
-seed_sweep = saelab.sparsity_sweep(acts, coefs=[1, 2, 4, 8, 16], eval_activations=test_acts, config=seed_loop)
+seed_sweep = saelab.sparsity_sweep(acts, coefs=[1, 2, 4, 8, 16], eval_activations=test_acts, config=seed_loop,
+                                   n_features=N_FEATURES)
 target_l0 = sweep.metrics[COEF].l0  # the L0 of the SAE we study
 compare = pd.DataFrame([{"recipe": name, **result.at_l0(target_l0)}
                         for name, result in (("seed's loop", seed_sweep), ("lab recipe", sweep))])
@@ -548,7 +549,7 @@ checks.check_fvu(fvu)
 
 # %%
 layers = saelab.compare_layers(model, train_texts, max_tokens=MAX_TOKENS, eval_texts=test_texts,
-                               eval_max_tokens=EVAL_TOKENS, sparsity_coef=COEF, config=RECIPE)
+                               eval_max_tokens=EVAL_TOKENS, sparsity_coef=COEF, config=RECIPE, n_features=N_FEATURES)
 display(layers)
 display(layers.plot())
 early, late = layers.table.iloc[0], layers.table.iloc[-1]
