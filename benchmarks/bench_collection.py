@@ -71,7 +71,7 @@ def prompts_for(args):
 
 def variant_fn(name: str, model, prompts, context_length):
     """A zero-argument function running variant `name`: 'seed:L', 'collect:L,L:BS' or 'separate:L,L:BS'."""
-    from saelab.collect import collect_activations
+    from saelab.activations.collect import collect_activations
 
     kind, *rest = name.split(":")
     if kind == "seed":
@@ -116,7 +116,7 @@ def measure(name: str, args) -> dict:
 
 def check_same_rows(args) -> tuple[int, float]:
     """The seed loop's non-BOS rows vs collect_activations' rows: (n_rows, max abs difference)."""
-    from saelab.collect import collect_activations
+    from saelab.activations.collect import collect_activations
     torch.set_num_threads(args.threads)
     model = gpt2_small_shaped()
     prompts = prompts_for(args)

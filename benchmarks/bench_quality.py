@@ -54,7 +54,7 @@ class Recipe:
     loop today (saelab.train_sae with the lab's lr and batch size); each field is one change.
 
     rows: training rows used (the first `rows` in text order; None = all ~157k).
-    steps, batch_size, lr, betas: Adam on batches from saelab.train.batch_indices(rows, batch_size, seed).
+    steps, batch_size, lr, betas: Adam on batches from saelab.training.trainer.batch_indices(rows, batch_size, seed).
     lr_warmup / lr_decay: fractions of the steps: linear lr ramp from lr/warm-up-steps up to lr, and
         linear decay to 0 over the last fraction.
     l1_warmup: fraction of the steps over which the sparsity coefficient ramps linearly from 0.
@@ -186,7 +186,7 @@ def schedule(recipe: Recipe, step: int) -> tuple[float, float]:
 
 def train(recipe: Recipe, rows: torch.Tensor, coefs, seed: int = 0):
     """Train len(coefs) tied SAEs with `recipe` on the same batches; returns (list of saelab.TiedSAE, seconds)."""
-    from saelab.train import batch_indices
+    from saelab.training.trainer import batch_indices
 
     data = rows if recipe.rows is None else rows[:recipe.rows]
     k, (n_data, d) = len(coefs), data.shape
@@ -303,13 +303,13 @@ class SAELensRecipe:
 
 def train_saelens(recipe: SAELensRecipe, rows: torch.Tensor, coefs, seed: int = 0):
     """One SAELens SAE per coefficient (trained one after another, each on the batches of
-    saelab.train.batch_indices(rows, batch_size, seed)); returns (list of SAEs wrapped for saelab's
+    saelab.training.trainer.batch_indices(rows, batch_size, seed)); returns (list of SAEs wrapped for saelab's
     metrics, total seconds)."""
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    from saelab.train import batch_indices
+    from saelab.training.trainer import batch_indices
 
     data = rows if recipe.rows is None else rows[:recipe.rows]
     saes, seconds = [], 0.0
@@ -382,10 +382,10 @@ def at_l0(rows: list[dict], target: float = TARGET_L0) -> dict:
 
 
 def train_saelab(config, rows: torch.Tensor, coefs, seed: int = 0):
-    """The shipped code itself: len(coefs) saelab.TiedSAE trained by saelab.train.train_stacked with
+    """The shipped code itself: len(coefs) saelab.TiedSAE trained by saelab.training.trainer.train_stacked with
     `config` (a saelab.TrainConfig, e.g. TrainConfig.lab()); returns (SAEs, seconds)."""
     import saelab
-    from saelab.train import train_stacked
+    from saelab.training.trainer import train_stacked
 
     saes = [saelab.TiedSAE(rows.shape[1], N_FEATURES, seed=seed) for _ in coefs]
     run = train_stacked(saes, [rows] * len(coefs), [float(c) for c in coefs],

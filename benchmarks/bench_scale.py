@@ -83,7 +83,7 @@ class Phase:
 
 
 def worker(args) -> None:
-    from saelab.collect import collect_activations
+    from saelab.activations.collect import collect_activations
     torch.set_num_threads(args.threads)
     report = {}
     model = build_model(args)
@@ -97,8 +97,8 @@ def worker(args) -> None:
     report["rows"], report["on_disk"], report["d_model"] = len(acts), acts.on_disk, acts.width
     report["data_gb"] = len(acts) * acts.width * 4 / 1e9
     if not args.collect_only:
-        from saelab.sae import TiedSAE
-        from saelab.train import train_sae
+        from saelab.sae.tied import TiedSAE
+        from saelab.training.trainer import train_sae
         sae = TiedSAE(acts.width, args.n_features, seed=0)
         with Phase("train", report):
             result = train_sae(sae, acts, batch_size=args.batch_size, epochs=1, device="cpu", progress=args.progress)

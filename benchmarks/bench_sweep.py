@@ -25,7 +25,7 @@ COEFS = (1e-2, 1e-3, 1e-4)
 def tiny_rows(n_rows: int):
     """Layer-2 resid_post rows of the embedded model on the shipped training texts."""
     import saelab
-    from saelab.collect import collect_activations
+    from saelab.activations.collect import collect_activations
 
     model = saelab.load_model("tiny", device="cpu")
     texts = saelab.load_texts("train")
@@ -38,8 +38,8 @@ def random_rows(n_rows: int, d_model: int):
 
 
 def sequential(rows, d_model: int, steps: int):
-    from saelab.sae import TiedSAE
-    from saelab.train import train_sae
+    from saelab.sae.tied import TiedSAE
+    from saelab.training.trainer import train_sae
 
     start = time.perf_counter()
     runs = [train_sae(TiedSAE(d_model, 4 * d_model, seed=0), rows, sparsity_coef=c, steps=steps, seed=0,

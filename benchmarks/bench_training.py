@@ -1,11 +1,11 @@
 """Training throughput: saelab.train_sae vs plain PyTorch autograd vs a minimal SAELens loop.
 
 All train on the same random activations [n_rows, 768] with d_sae 3072, read in the same shuffled
-batches (saelab.train.batch_indices), with the same optimizer (`saelab.train.adam`: Adam, fused
+batches (saelab.training.trainer.batch_indices), with the same optimizer (`saelab.training.trainer.adam`: Adam, fused
 where torch has it), and sync with the host every 10 steps (train_sae's default log_every).
 - autograd: the SAME tied SAE and loss written as plain PyTorch (relu(x W^T + b_enc) W + b_dec,
   MSE + coef * mean f) and differentiated by autograd: like with like, so the ratio saelab /
-  autograd is what the hand-written gradient (`saelab.sae.tied_gradients`) buys.
+  autograd is what the hand-written gradient (`saelab.sae.tied.tied_gradients`) buys.
 - Function: the previous train_sae step (TiedSAE's autograd.Function, the same hand-written
   gradient under autograd's bookkeeping): what the one stacked core (no autograd) costs or saves.
 - SAELens: the core of its SAETrainer._train_step (training_forward_pass -> backward -> step ->
@@ -32,8 +32,8 @@ os.environ.setdefault("SAELAB_PROGRESS", "0")
 
 import torch  # noqa: E402
 
-from saelab.sae import TiedSAE  # noqa: E402
-from saelab.train import adam, batch_indices, train_sae  # noqa: E402
+from saelab.sae.tied import TiedSAE  # noqa: E402
+from saelab.training.trainer import adam, batch_indices, train_sae  # noqa: E402
 
 D_IN, D_SAE, COEF, LR, LOG_EVERY = 768, 3072, 1e-3, 1e-3, 10
 

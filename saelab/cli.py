@@ -40,6 +40,11 @@ def _int_at_least(minimum: int, what: str):
     return parse
 
 
+#: --max-tokens' defaults as its help states them (tests/test_cli.py checks them against `lab_settings`,
+#: which the CLI does not import for --help: it would load torch).
+TINY_ROWS_SHOWN = "219,000"
+OTHER_MAX_TOKENS = 200000
+
 _seed = _int_at_least(0, "a non-negative integer")
 _positive = _int_at_least(1, "a positive integer")
 
@@ -88,20 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "headless, build, check and execute the lab's notebooks, or release them for a course.",
         epilog="Models: 'tiny' is embedded and works offline; TransformerLens names such as 'gpt2-small' "
                "need internet access (or a filled Hugging Face cache). $SAELAB_MODEL sets the default.")
-    from . import __version__
+    from saelab import __version__
     parser.add_argument("--version", action="version", version=f"saelab {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_run(commands)
     _add_notebooks(commands)
     _add_release(commands)
-    parser.set_defaults(handler=lambda args: _missing_action(parser))
+    parser.set_defaults(handler=lambda args: _missing_action(parser, "a command", commands.choices), parser=parser)
     return parser
 
 
 def _command(commands, name: str) -> argparse.ArgumentParser:
     """The subcommand `name`, with its one-line help and description from COMMAND_HELP."""
     summary, text = COMMAND_HELP[name]
-    return commands.add_parser(name, help=summary, description=text)
+    command = commands.add_parser(name, help=summary, description=text)
+    command.set_defaults(parser=command)  # the innermost command parsed names itself in errors
+    return command
 
 
 def _add_run(commands) -> None:
@@ -111,8 +118,8 @@ def _add_run(commands) -> None:
     run.add_argument("--seed", type=_seed, default=0, help="seed for the SAEs' weights and batch order (default: 0)")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
     run.add_argument("--max-tokens", type=_positive, default=None, metavar="N",
-                     help=f"training tokens per layer, at least {MIN_MAX_TOKENS} (default: 30000 for tiny, "
-                          "200000 otherwise)")
+                     help=f"training tokens per layer, at least {MIN_MAX_TOKENS} (default: every row the shipped "
+                          f"training texts give for tiny, about {TINY_ROWS_SHOWN}; {OTHER_MAX_TOKENS} for other models)")
     run.add_argument("--force", action="store_true",
                      help=f"run even with --max-tokens below {MIN_MAX_TOKENS} (numbers then mean little)")
     run.set_defaults(handler=_cmd_run)
@@ -157,7 +164,7 @@ def _add_notebooks(commands) -> None:
                                      "3 significant digits")
         if name != "build":
             _add_model(action, timeout=True)
-    nb.set_defaults(handler=lambda args: _missing_action(nb))
+    nb.set_defaults(handler=lambda args: _missing_action(nb, "an action", actions.choices))
 
 
 def _add_release(commands) -> None:
@@ -170,15 +177,20 @@ def _add_release(commands) -> None:
     release.set_defaults(handler=_cmd_release)
 
 
-def _missing_action(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
+def _missing_action(parser: argparse.ArgumentParser, what: str, choices) -> int:
+    """No command (or action) given: the usage, then one error line naming the choices; exit 2."""
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: expected {what}: one of {', '.join(choices)} (see '{parser.prog} --help')",
+          file=sys.stderr)
     return 2
 
 
 def main(argv=None) -> int:
     """Entry point of the `saelab` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command they follow (`saelab run: error: ...`), not by `saelab`
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.handler(args)
     except UsageError as e:
@@ -222,7 +234,7 @@ def _in_cli_terms(message: str, options: dict[str, str]) -> str | None:
 
 def _nb_errors(fn, *args, **kwargs):
     """Call a notebooks function; a bad source, install source or folder becomes a one-line UsageError."""
-    from .notebooks import SourceError
+    from saelab.course.notebooks import SourceError
     try:
         return fn(*args, **kwargs)
     except (ValueError, FileExistsError, FileNotFoundError) as e:
@@ -233,14 +245,14 @@ def _nb_errors(fn, *args, **kwargs):
 
 
 def _run_options(args) -> dict:
-    """The kernel options of `regenerate.run_solution` from --model, --timeout and --install-source."""
+    """The kernel options of `course.regenerate.run_solution` from --model, --timeout and --install-source."""
     if args.model is not None and not args.model.strip():
         raise UsageError("--model: expected a model name such as 'tiny' or 'gpt2-small'")
     return {"model": args.model, "timeout": args.timeout, "install_source": args.install_source}
 
 
 def _cmd_build(args) -> int:
-    from . import grading, notebooks
+    from saelab.course import grading, notebooks
     root, sources = _nb_paths(args)
     written = _nb_errors(notebooks.build, root, sources, install_source=args.install_source)
     if args.nbgrader is not None:
@@ -256,7 +268,7 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from . import notebooks, regenerate
+    from saelab.course import notebooks, regenerate
     root, sources = _nb_paths(args)
     problems = _nb_errors(notebooks.check, root, sources, install_source=args.install_source)
     if args.outputs and not problems:
@@ -276,7 +288,7 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_execute(args) -> int:
-    from . import regenerate
+    from saelab.course import regenerate
     root, sources = _nb_paths(args)
     try:
         done = _nb_errors(regenerate.execute, root, sources, **_run_options(args))
@@ -289,7 +301,7 @@ def _cmd_execute(args) -> int:
 
 
 def _cmd_release(args) -> int:
-    from .release import release
+    from saelab.course.release import release
     if args.install_source is None:
         raise UsageError("--install-source: required: the wheel (path or URL) or git URL students install from")
     sources = _sources(args)
@@ -332,9 +344,9 @@ def _device_terms(message: str) -> str:
 
 
 def estimate_run_seconds(model_name: str, max_tokens, model_cfg, device) -> float:
-    """Seconds `saelab run` is expected to take: `labconfig.estimate_seconds` of the very settings the
+    """Seconds `saelab run` is expected to take: `training.lab_settings.estimate_seconds` of the very settings the
     run uses (`lab_settings(model_name, max_tokens)`)."""
-    from .labconfig import estimate_seconds, lab_settings
+    from saelab.training.lab_settings import estimate_seconds, lab_settings
     return estimate_seconds(lab_settings(model_name, max_tokens=max_tokens), model_cfg, device)
 
 
@@ -351,7 +363,7 @@ def _announcer(model_name: str, max_tokens):
 
 def _cmd_run(args) -> int:
     out = _check_out_dir(args.out)
-    from .models import default_model_name
+    from saelab.models import default_model_name
     name = args.model if args.model is not None else default_model_name()
     if not name.strip():
         raise UsageError("--model: expected a model name such as 'tiny' or 'gpt2-small'")
@@ -360,9 +372,9 @@ def _cmd_run(args) -> int:
                          f"tokens give SAEs that learned nothing (explained variance below 0); add --force to run "
                          f"anyway")
     start = time.perf_counter()
-    from .models import ModelUnavailableError
+    from saelab.models import ModelUnavailableError
     try:
-        from .report import run_lab
+        from saelab.report import run_lab
         report = run_lab(name, out, seed=args.seed, device=args.device, max_tokens=args.max_tokens,
                          announce=_announcer(name, args.max_tokens))
     except ModelUnavailableError as e:

@@ -4,9 +4,11 @@ from __future__ import annotations
 import gzip
 import json
 from functools import lru_cache
-from pathlib import Path
 
-TEXTS_DIR = Path(__file__).resolve().parent / "assets" / "texts"
+from saelab.utils import ASSETS_DIR
+from saelab.validate import check_choice, check_int
+
+TEXTS_DIR = ASSETS_DIR / "texts"
 SPLITS = ("train", "test")
 KINDS = ("prose", "code")
 
@@ -51,8 +53,7 @@ def load_documents(split: str = "train") -> list[dict]:
     Jargon File 4.4.7 (public domain), via Debian packages; see assets/tiny/MODEL_CARD.md.
     "test" documents were held out from the embedded model's training and from "train".
     """
-    if split not in SPLITS:
-        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    check_choice("split", split, SPLITS)
     return [dict(d) for d in _documents(split)]
 
 
@@ -61,9 +62,7 @@ def load_texts(split: str = "train", kind: str | None = None, max_texts: int | N
 
     max_texts: keep the first N (the order is a fixed shuffle, so a prefix is a fair sample).
     """
-    if kind is not None and kind not in KINDS:
-        raise ValueError(f"kind: expected one of {KINDS} or None, got {kind!r}")
-    if max_texts is not None and (not isinstance(max_texts, int) or max_texts < 1):
-        raise ValueError(f"max_texts: expected a positive int or None, got {max_texts!r}")
+    check_choice("kind", kind, KINDS, allow_none=True)
+    check_int("max_texts", max_texts, minimum=1, allow_none=True)
     texts = [d["text"] for d in load_documents(split) if kind is None or d["kind"] == kind]
     return texts[:max_texts] if max_texts is not None else texts

@@ -1,7 +1,7 @@
 """How good is an SAE: reconstruction and sparsity metrics (`evaluate`) and the language-model loss
 when its reconstruction replaces the real activations (`ce_loss_recovered`).
 
-Both accept any SAE with saelab's SAE interface (`sae_interface.as_sae`)."""
+Both accept any SAE with saelab's SAE interface (`saelab.as_sae`)."""
 from __future__ import annotations
 
 import math
@@ -11,12 +11,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .activations import iter_row_batches
-from .models import accumulation
-from .results import Result, fmt
-from .sae_interface import as_sae
-from .utils import describe
-from .validate import check_hook, check_int, check_layer, check_model, check_rows, check_texts
+from saelab.activations.collect import probe_width
+from saelab.activations.rows import iter_row_batches, n_rows
+from saelab.activations.windows import split_windows, tokenize
+from saelab.models import accumulation
+from saelab.results import Result, fmt
+from saelab.sae.interface import as_sae
+from saelab.utils import active, describe
+from saelab.validate import (check_bool, check_choice, check_context_length, check_hook, check_int, check_layer,
+                             check_model, check_rows, check_texts)
 
 DENSE_THRESHOLD = 0.1  # a feature active on more than 10% of tokens counts as dense
 MSE_CAPTION = ("mse is the mean over rows and dimensions of (x - x_hat)^2 (per dimension: SAELens's mse is "
@@ -77,7 +80,7 @@ class _Sums:
         self.sq_norm += x.pow(2).sum(dtype=dtype).to(home, f64)
         self.x += x.sum(dim=0, dtype=dtype).to(home, f64)
         self.l1 += features.abs().sum(dtype=dtype).to(home, f64)
-        self.active += (features != 0).sum(dim=0).to(home)
+        self.active += active(features).sum(dim=0).to(home)
         self.n += x.shape[0]
 
 
@@ -100,7 +103,15 @@ def evaluate(sae, activations, batch_size: int = 4096) -> EvalResult:
     """
     sae = as_sae("sae", sae)
     check_int("batch_size", batch_size, minimum=1)
-    n = check_rows("activations", activations, sae.d_in)
+    check_rows("activations", activations, sae.d_in)
+    return evaluate_unchecked(sae, activations, batch_size)
+
+
+@torch.no_grad()
+def evaluate_unchecked(sae, activations, batch_size: int = 4096) -> EvalResult:
+    """`evaluate` for callers that checked its arguments once (the experiments, the trainer): `sae`
+    already through `as_sae`, `activations` through `validate.check_rows` with the SAE's width."""
+    n = n_rows(activations)
     weight = sae.W_dec
     sums = _Sums(sae.d_in, sae.d_sae, weight.device)
     for batch in iter_row_batches(activations, batch_size):
@@ -164,10 +175,12 @@ def ce_loss_recovered(model, sae, texts, layer: int, hook: str = "resid_post", b
     """How much of the model's next-token loss survives when the SAE's reconstruction replaces the
     activations at `hook` of `layer` (e.g. "blocks.{layer}.hook_resid_post").
 
-    sae: any SAE with saelab's SAE interface (`sae_interface.as_sae`).
-    Each text is tokenized with a BOS token (model.to_tokens), cut to `context_length` tokens (default:
-    the model's n_ctx), and the texts of a batch are right-padded; only real next-token predictions
-    (position t predicting token t+1 of the same text) count, so padding never enters the means.
+    sae: any SAE with saelab's SAE interface (`saelab.as_sae`).
+    Each text is tokenized with a BOS token (model.to_tokens), whole, and split into windows of
+    `context_length` tokens (default: the model's n_ctx), each starting with BOS, as
+    `collect_activations` reads texts; `batch_size` windows run at a time, right-padded. Only real
+    next-token predictions (position t predicting token t+1 of the same window) count, so padding
+    never enters the means.
     Three forward passes per batch give the mean CE with clean activations, with the SAE's
     reconstruction spliced in (run_with_hooks), and with the activations zeroed;
     score = (CE_zero - CE_spliced) / (CE_zero - CE_clean): 1 = the SAE loses nothing, 0 = as bad as
@@ -188,8 +201,8 @@ def ce_loss_recovered(model, sae, texts, layer: int, hook: str = "resid_post", b
     - a prediction counts only when the token it is made at is not special: position 0 (BOS) is
       left out of all three CE means.
     """
-    return _ce_results(model, [as_sae("sae", sae)], texts, layer, hook, batch_size, context_length, exclude_bos,
-                       conventions)[0]
+    return _ce_results(model, {"sae": as_sae("sae", sae)}, texts, layer, hook, batch_size, context_length,
+                       exclude_bos, conventions)[0]
 
 
 def ce_loss_recovered_many(model, saes, texts, layer: int, hook: str = "resid_post", batch_size: int = 8,
@@ -200,15 +213,17 @@ def ce_loss_recovered_many(model, saes, texts, layer: int, hook: str = "resid_po
     takes 2 + k forward passes instead of 3k (the sparsity sweep's CE column)."""
     if not isinstance(saes, (list, tuple)) or not saes:
         raise ValueError(f"saes: expected a non-empty list of SAEs, got {describe(saes)}")
-    saes = [as_sae(f"saes[{i}]", s) for i, s in enumerate(saes)]
+    saes = {f"saes[{i}]": as_sae(f"saes[{i}]", s) for i, s in enumerate(saes)}
     return _ce_results(model, saes, texts, layer, hook, batch_size, context_length, exclude_bos, conventions)
 
 
-def _ce_results(model, saes, texts, layer, hook, batch_size, context_length, exclude_bos, conventions):
-    """CELossResult per SAE (already through as_sae): passes clean, zeroed, then one spliced per SAE."""
-    texts, hook_name, context_length = _check_ce_args(model, texts, layer, hook, batch_size, context_length)
-    if conventions not in ("saelab", "saelens"):
-        raise ValueError(f"conventions: expected 'saelab' or 'saelens', got {conventions!r}")
+def _ce_results(model, saes: dict, texts, layer, hook, batch_size, context_length, exclude_bos, conventions):
+    """CELossResult per SAE ({argument name: SAE through as_sae}): passes clean, zeroed, then one spliced
+    per SAE."""
+    texts, hook_name, context_length = _check_ce_args(model, saes, texts, layer, hook, batch_size, context_length)
+    check_bool("exclude_bos", exclude_bos)
+    check_choice("conventions", conventions, ("saelab", "saelens"))
+    saes = list(saes.values())
     special = _special_token_ids(model.tokenizer) if conventions == "saelens" else None
     keep = {}  # keep["splice"], keep["zero"]: [b, pos] True where the batch's activation stays unchanged
     hooks = [None, _zero_hook(keep)] + [_splice_hook(sae, keep) for sae in saes]   # clean, zeroed, spliced...
@@ -239,18 +254,20 @@ def _special_token_ids(tokenizer) -> torch.Tensor:
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
-def _check_ce_args(model, texts, layer, hook, batch_size, context_length) -> tuple[list[str], str, int]:
-    """(texts, full hook name, context length) after checking `ce_loss_recovered`'s arguments."""
+def _check_ce_args(model, saes: dict, texts, layer, hook, batch_size, context_length) -> tuple[list[str], str, int]:
+    """(texts, full hook name, context length) after checking `ce_loss_recovered`'s arguments, each SAE's
+    d_in against the hook's width (4-D hooks such as "z" flattened, as `collect_activations` does)."""
     check_model("model", model)
     texts = check_texts("texts", texts, allow_str=True)
     layer = check_layer("layer", layer, model.cfg.n_layers)
     hook_name = check_hook("hook", hook, model, [layer])[layer]
     check_int("batch_size", batch_size, minimum=1)
-    context_length = model.cfg.n_ctx if context_length is None else context_length
-    check_int("context_length", context_length, minimum=2)
-    if context_length > model.cfg.n_ctx:
-        raise ValueError(f"context_length: expected at most the model's n_ctx = {model.cfg.n_ctx}, "
-                         f"got {context_length}")
+    context_length = check_context_length("context_length", context_length, model.cfg.n_ctx)
+    width = probe_width(model, hook_name, layer)
+    for name, sae in saes.items():
+        if sae.d_in != width:
+            raise ValueError(f"{name}: expected an SAE of d_in = {width}, the width of {hook_name}'s rows in this "
+                             f"model, got d_in = {sae.d_in} (an SAE trained on another hook or model?)")
     return texts, hook_name, context_length
 
 
@@ -259,13 +276,12 @@ def _splice_hook(sae, keep: dict):
     weight = sae.W_dec
 
     def splice(act, hook):
-        if act.shape[-1] != sae.d_in:
-            raise ValueError(f"sae: expected d_in = {act.shape[-1]} to match {hook.name}, got {sae.d_in}")
+        flat = act.flatten(2)                                   # [b, pos, d_in]: heads flattened for 4-D hooks
         replace = ~keep["splice"].to(act.device)
-        x = act[replace].to(device=weight.device, dtype=weight.dtype)  # [n_replaced, d_in]
-        out = act.clone()
+        x = flat[replace].to(device=weight.device, dtype=weight.dtype)  # [n_replaced, d_in]
+        out = flat.clone()
         out[replace] = sae.decode_unchecked(sae.encode_unchecked(x)).to(device=act.device, dtype=act.dtype)
-        return out
+        return out.view_as(act)
 
     return splice
 
@@ -273,19 +289,21 @@ def _splice_hook(sae, keep: dict):
 def _zero_hook(keep: dict):
     """The zero-ablated run's hook: zeros, except where keep["zero"] [b, pos] is True."""
     def zero(act, hook):
-        return torch.where(keep["zero"].to(act.device)[..., None], act, torch.zeros((), dtype=act.dtype,
-                                                                                    device=act.device))
+        kept = keep["zero"].to(act.device).view(*keep["zero"].shape, *[1] * (act.ndim - 2))   # [b, pos, 1(, 1)]
+        return torch.where(kept, act, torch.zeros((), dtype=act.dtype, device=act.device))
 
     return zero
 
 
 def _token_batches(model, texts: list[str], batch_size: int, context_length: int):
-    """Yield (tokens [b, pos] right-padded on the model's device, mask [b, pos - 1]) per batch of texts,
-    mask[b, t] True where position t predicts a real token t+1 of text b; batches without any are skipped."""
+    """Yield (tokens [b, pos] right-padded on the model's device, mask [b, pos - 1]) per batch of windows
+    (each text whole, in windows of context_length tokens starting with BOS: `activations.windows`),
+    mask[b, t] True where position t predicts a real token t+1 of window b; batches without any are skipped."""
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(texts), batch_size):
-        rows = [model.to_tokens(t, prepend_bos=True, move_to_device=False)[0, :context_length]
-                for t in texts[start:start + batch_size]]
+    text_tokens = tokenize(model, texts, prepend_bos=True)
+    windows = split_windows(text_tokens, context_length, bos=True)
+    for start in range(0, len(windows), batch_size):
+        rows = [w.tokens(text_tokens[w.text], bos=True) for w in windows[start:start + batch_size]]
         lengths = torch.tensor([len(r) for r in rows])
         tokens = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_id)
         mask = torch.arange(tokens.shape[1] - 1)[None, :] < (lengths[:, None] - 1)

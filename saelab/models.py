@@ -6,13 +6,12 @@ import json
 import os
 import warnings
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 
-from .utils import progress_enabled
+from saelab.utils import ASSETS_DIR, progress_enabled
 
-TINY_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
+TINY_DIR = ASSETS_DIR / "tiny"
 TINY_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 DEFAULT_MODEL_ENV = "SAELAB_MODEL"
 EXAMPLE_ONLINE_MODELS = ("gpt2-small", "gpt2-medium", "pythia-70m")

@@ -5,14 +5,15 @@ opens offline), the figures as PNG, the tables as CSV and the SAEs in SAELens fo
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .labconfig import LabSettings, lab_settings
-from .utils import describe
+from saelab.training.lab_settings import LabSettings, lab_settings
+from saelab.utils import describe
 
 N_CARDS = 4
 #: The BOS section reads the first this many tokens of each of 50 held-out texts (enough to compare norms).
@@ -20,15 +21,14 @@ BOS_CONTEXT = 128
 N_STAGES = 7
 #: Column headers as displayed in the report (the CSV files keep the plain names).
 UNITS = {"mse": "mse (per dimension)", "ce_loss_clean": "ce_loss_clean (nats/token)",
-         "ce_loss_spliced": "ce_loss_spliced (nats/token)", "ce_loss_zero": "ce_loss_zero (nats/token)",
-         "ce_loss_zeroed": "ce_loss_zeroed (nats/token)"}
+         "ce_loss_spliced": "ce_loss_spliced (nats/token)"}
 #: What a finished run folder holds: a rerun into a folder holding only these replaces it whole.
 RUN_ENTRIES = ("report.html", "manifest.json", "figures", "tables", "saes", "cards")
 GLOSSARY = (
     ("MSE per dimension (mse)", "the mean of (x - x_hat)^2 over rows and over the d_model dimensions, in squared "
      "activation units. SAELens reports the sum over dimensions: its MSE is this times d_model."),
     ("L1 (l1)", "the mean over rows of the sum of |f_i| over features f."),
-    ("L0 (l0)", "the mean number of active features (f_i > 0) per row: a count."),
+    ("L0 (l0)", "the mean number of active features (f_i ≠ 0; for ReLU features, f_i > 0) per row: a count."),
     ("FVU (fvu)", "fraction of variance unexplained, sum (x - x_hat)^2 / sum (x - mean row)^2: 0 is perfect, 1 no "
      "better than always predicting the mean row."),
     ("Explained variance (explained_variance)", "1 - FVU."),
@@ -59,10 +59,16 @@ class _Report:
     def table(self, df, name: str, caption: str = "", index: bool = False) -> None:
         path = self.out / "tables" / f"{name}.csv"
         df.to_csv(path, index=index)
-        from .results import format_table
+        from saelab.results import format_table
         shown = format_table(df).rename(columns=UNITS).to_html(index=index, border=0, classes="data", na_rep="")
         self.parts.append(f"<figure>{shown}<figcaption>{html.escape(caption)} "
                           f"<a href='tables/{name}.csv'>{name}.csv</a></figcaption></figure>")
+
+    def section(self, heading: str, result, name: str, caption: str) -> None:
+        """A part of the lab: its heading, the result's one-line summary and its table (as `name`.csv)."""
+        self.add(f"<h2>{html.escape(heading)}</h2>")
+        self.text(result.summary())
+        self.table(result.table.drop(columns=["evaluated_on"]), name, caption)
 
     def figure(self, fig, name: str, caption: str = "") -> None:
         import base64
@@ -99,7 +105,7 @@ def _bos_norms(model, texts, layer):
     norms of BOS rows; norms of other rows)."""
     import pandas as pd
 
-    from .collect import collect_activations
+    from saelab.activations.collect import collect_activations
     context = min(BOS_CONTEXT, model.cfg.n_ctx)
     acts = collect_activations(model, texts, [layer], exclude_bos=False, context_length=context, progress=False)[layer]
     norms = acts.rows.norm(dim=-1)
@@ -166,12 +172,17 @@ class _Lab:
     saes_dir: Path
     progress: bool
 
+    @property
+    def train(self):
+        """The lab's recipe (`settings.train`) with the run's seed."""
+        return dataclasses.replace(self.settings.train, seed=self.seed)
+
 
 def _setup(model_name: str, out: Path, seed: int, device, settings: LabSettings, progress: bool, announce=None) -> _Lab:
-    from . import __version__
-    from .data import load_texts
-    from .experiments import notebook_layer
-    from .models import load_model, resolve_device
+    from saelab import __version__
+    from saelab.data import load_texts
+    from saelab.experiments import notebook_layer
+    from saelab.models import load_model, resolve_device
 
     dev = resolve_device(device)
     model = load_model(model_name, device=dev)
@@ -193,7 +204,7 @@ def _setup(model_name: str, out: Path, seed: int, device, settings: LabSettings,
 
 def _activations_section(lab: _Lab):
     """Section 1: the training and held-out rows, and why BOS rows are dropped."""
-    from .collect import collect_activations
+    from saelab.activations.collect import collect_activations
 
     layer, report = lab.layer, lab.report
     cap = lab.settings.max_tokens
@@ -221,27 +232,24 @@ def _sweep_section(lab: _Lab, acts, test_acts):
     """Section 2: the sparsity sweep, its SAEs saved, training rows vs held-out rows."""
     import pandas as pd
 
-    from .experiments import sparsity_sweep
-    from .metrics import evaluate
+    from saelab.experiments import sparsity_sweep
+    from saelab.metrics import evaluate
 
     report = lab.report
     settings = lab.settings
     _stage(3, N_STAGES, f"sparsity sweep: {len(settings.coefs)} SAEs, {settings.train.n_steps(len(acts))} steps each")
-    sweep = sparsity_sweep(acts, coefs=settings.coefs, eval_activations=test_acts, config=settings.train,
-                           n_features=settings.n_features_per_dim * acts.width, seed=lab.seed, model=lab.model, texts=lab.test_texts[:settings.ce_texts],
-                           progress=lab.progress, device=lab.device)
-    for coef, sae in sweep.saes.items():
-        sae.save(lab.saes_dir / f"sweep_layer{lab.layer}_coef{coef:g}")
-    report.add("<h2>Part 3 (exercise 3): Sparsity sweep</h2>")
-    report.text(sweep.summary())
-    report.table(sweep.table.drop(columns=["evaluated_on"]), "sparsity_sweep",
-                 "One SAE per sparsity coefficient, measured on held-out rows. mse: squared error per dimension "
-                 "(SAELens's MSE is d_model times larger); l1: sum of |features| per token; l0: active features "
-                 "per token; fvu: fraction of variance unexplained; dead_fraction / dense_fraction: share of "
-                 "features never active / active on more than 10% of tokens; ce_loss_clean and ce_loss_spliced: "
-                 "the model's next-token cross-entropy in nats per token without and with the SAE spliced in; "
-                 "ce_loss_recovered: 1 = the SAE costs nothing, 0 = as bad as zeroing the activation. See the "
-                 "glossary at the end.")
+    sweep = sparsity_sweep(acts, coefs=settings.coefs, eval_activations=test_acts, config=lab.train,
+                           n_features=settings.n_features_per_dim * acts.width, model=lab.model,
+                           texts=lab.test_texts[:settings.ce_texts], progress=lab.progress, device=lab.device)
+    _save_saes(lab, sweep, lambda coef: f"sweep_layer{lab.layer}_coef{coef:g}")
+    report.section("Part 3 (exercise 3): Sparsity sweep", sweep, "sparsity_sweep",
+                   "One SAE per sparsity coefficient, measured on held-out rows. mse: squared error per dimension "
+                   "(SAELens's MSE is d_model times larger); l1: sum of |features| per token; l0: active features "
+                   "per token; fvu: fraction of variance unexplained; dead_fraction / dense_fraction: share of "
+                   "features never active / active on more than 10% of tokens; ce_loss_clean and ce_loss_spliced: "
+                   "the model's next-token cross-entropy in nats per token without and with the SAE spliced in; "
+                   "ce_loss_recovered: 1 = the SAE costs nothing, 0 = as bad as zeroing the activation. See the "
+                   "glossary at the end.")
     report.figure(sweep.plot(), "sparsity_tradeoff", "The trade-off: sparser codes (lower L0) reconstruct worse.")
     report.figure(sweep.plot_history(), "sparsity_training", "Training curves (values on each step's batch).")
     flatter = pd.DataFrame([{"coef": c, "fvu_training_rows": evaluate(s, acts).fvu,
@@ -252,10 +260,16 @@ def _sweep_section(lab: _Lab, acts, test_acts):
     return sweep
 
 
+def _save_saes(lab: _Lab, result, folder_name) -> None:
+    """Each SAE of a `TrainedSAEs` result in SAELens format, as saes/<folder_name(key)>."""
+    for key, sae in result.saes.items():
+        sae.save(lab.saes_dir / folder_name(key))
+
+
 def _correlation_section(lab: _Lab, sae, test_acts):
     """Section 3: feature co-activation of the studied SAE, and where its top pair fires."""
-    from .experiments import feature_correlation
-    from .features import top_activating_examples
+    from saelab.experiments import feature_correlation
+    from saelab.features.cards import top_activating_examples
 
     report = lab.report
     _stage(4, N_STAGES, "feature co-activation")
@@ -277,21 +291,19 @@ def _correlation_section(lab: _Lab, sae, test_acts):
 
 def _layers_section(lab: _Lab) -> None:
     """Section 4: early vs late layers, their SAEs saved."""
-    from .experiments import compare_layers
+    from saelab.experiments import compare_layers
 
     report = lab.report
     _stage(5, N_STAGES, "early vs late layers")
     settings = lab.settings
     layers = compare_layers(lab.model, lab.train_texts, max_tokens=settings.max_tokens, eval_texts=lab.test_texts,
-                            eval_max_tokens=settings.eval_tokens, sparsity_coef=settings.coef, config=settings.train,
-                            n_features=settings.n_features_per_dim * lab.model.cfg.d_model, seed=lab.seed, progress=lab.progress, device=lab.device)
-    for lay, layer_sae in layers.saes.items():
-        layer_sae.save(lab.saes_dir / f"layer{lay}_coef{layers.settings['sparsity_coef']:g}")
-    report.add("<h2>Part 5 (exercise 5): Early vs late layers</h2>")
-    report.text(layers.summary())
-    report.table(layers.table.drop(columns=["evaluated_on"]), "layer_comparison",
-                 "One SAE per layer, same sparsity coefficient, held-out rows. mse is per dimension and grows with "
-                 "the residual norm (activation_norm), so compare layers by fvu; see the glossary at the end.")
+                            eval_max_tokens=settings.eval_tokens, sparsity_coef=settings.coef, config=lab.train,
+                            n_features=settings.n_features_per_dim * lab.model.cfg.d_model, progress=lab.progress,
+                            device=lab.device)
+    _save_saes(lab, layers, lambda layer: f"layer{layer}_coef{layers.settings['sparsity_coef']:g}")
+    report.section("Part 5 (exercise 5): Early vs late layers", layers, "layer_comparison",
+                   "One SAE per layer, same sparsity coefficient, held-out rows. mse is per dimension and grows with "
+                   "the residual norm (activation_norm), so compare layers by fvu; see the glossary at the end.")
     report.figure(layers.plot(), "layer_comparison")
     report.table(layers.prompt_table, "layer_test_prompts",
                  "The original notebook's test prompts: active features and the strongest feature at the last token.")
@@ -299,7 +311,7 @@ def _layers_section(lab: _Lab) -> None:
 
 def _cards_section(lab: _Lab, sae, density, correlation, test_acts) -> None:
     """Section 5: feature cards of the studied SAE, each also saved as cards/feature_N.html."""
-    from .features import feature_card
+    from saelab.features.cards import feature_card
 
     _stage(6, N_STAGES, f"feature cards ({N_CARDS})")
     lab.report.add("<h2>Part 6: Feature cards</h2>")
@@ -323,7 +335,7 @@ def _write_manifest(folder: Path, lab: _Lab, seconds: float) -> None:
     """folder/manifest.json, written last: seed, model, device, settings, and every file with its size."""
     import json
 
-    from . import __version__
+    from saelab import __version__
     files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
     manifest = {"saelab": __version__, "model": lab.model_name, "seed": lab.seed, "device": str(lab.device),
                 "settings": lab.settings.as_dict(), "seconds": round(seconds, 1), "files": files}
@@ -339,19 +351,17 @@ def run_lab(model_name: str, out: Path, seed: int = 0, device=None, max_tokens: 
     or failed run leaves `out` as it was (a previous run whole, or absent). A finished run replaces
     a previous run in `out` whole; `out` holding anything but a run's files (RUN_ENTRIES) is refused
     with ValueError("path: ...") before any work. Sizes and recipe: `settings`, else
-    `labconfig.lab_settings(model_name, max_tokens)` (max_tokens: training rows per layer; steps
+    `training.lab_settings(model_name, max_tokens)` (max_tokens: training rows per layer; steps
     follow the rows), the same settings the notebook uses. `announce(model,
     device)`, if given, is called once the model is loaded, before the long work (the CLI's estimate).
     """
-    import torch
-
-    from .files import atomic_folder
+    from saelab.files import atomic_folder
 
     started = time.perf_counter()
     if settings is None:
         settings = lab_settings(model_name, max_tokens=max_tokens)
     elif not isinstance(settings, LabSettings):
-        raise ValueError(f"settings: expected a saelab.labconfig.LabSettings or None, got {describe(settings)}")
+        raise ValueError(f"settings: expected a saelab.training.lab_settings.LabSettings or None, got {describe(settings)}")
     elif max_tokens is not None:
         raise ValueError(f"max_tokens: expected None when settings are given (set settings.max_tokens instead), "
                          f"got {max_tokens}")
@@ -368,7 +378,6 @@ def run_lab(model_name: str, out: Path, seed: int = 0, device=None, max_tokens: 
         _glossary(lab.report)
         lab.report.add(f"<p style='color:#777;font-size:12px;margin-top:32px'>Generated by <code>saelab run --model "
                        f"{html.escape(model_name)} --seed {seed}</code> in {time.perf_counter() - started:.0f}s.</p>")
-        torch.set_grad_enabled(True)
         lab.report.write(f"Lab C.4: Feature extraction with SAEs: report ({model_name})")
         _write_manifest(folder, lab, time.perf_counter() - started)
     return out / "report.html"

@@ -4,13 +4,17 @@
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import unicodedata
+from pathlib import Path
 from typing import Iterable
 
 import torch
 
+#: The package's data: the embedded model, the texts, the lab sources, the reference SAEs.
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 PROGRESS_ENV = "SAELAB_PROGRESS"
 
 
@@ -25,6 +29,12 @@ def progress_bar(iterable: Iterable | None = None, *, progress: bool = True, **k
     return tqdm(iterable, disable=not progress_enabled(progress), dynamic_ncols=True, **kwargs)
 
 
+def active(features: torch.Tensor) -> torch.Tensor:
+    """Where features are active: != 0, as SAELens counts (ReLU features are active where > 0; other
+    architectures' features may be negative). saelab's one definition of "active"."""
+    return features != 0
+
+
 def describe(value) -> str:
     """A short description of a value for error messages: type and, for tensors, shape and dtype."""
     if isinstance(value, torch.Tensor):
@@ -33,20 +43,13 @@ def describe(value) -> str:
     return f"{type(value).__name__} {text if len(text) < 60 else text[:57] + '...'}"
 
 
+@functools.cache
 def _byte_level_alphabet() -> dict[str, int]:
-    """GPT-2's byte-level BPE alphabet, inverted: the printable character standing for each byte -> byte."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    chars, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            chars[chr(byte)] = byte
-        else:
-            chars[chr(256 + extra)] = byte
-            extra += 1
-    return chars
+    """GPT-2's byte-level BPE alphabet (transformers' `bytes_to_unicode`), inverted: character -> byte."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    return {char: byte for byte, char in bytes_to_unicode().items()}
 
 
-_BYTE_LEVEL = _byte_level_alphabet()
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
@@ -75,8 +78,9 @@ def _token_bytes(tokenizer, token_id: int) -> bytes | None:
     match = _BYTE_PIECE.fullmatch(piece)
     if match:
         return bytes([int(match.group(1), 16)])
-    if all(c in _BYTE_LEVEL for c in piece):
-        return bytes(_BYTE_LEVEL[c] for c in piece)
+    alphabet = _byte_level_alphabet()
+    if all(c in alphabet for c in piece):
+        return bytes(alphabet[c] for c in piece)
     return None
 
 

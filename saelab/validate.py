@@ -11,12 +11,13 @@ importing them.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from .utils import describe
+from saelab.utils import describe
 
 #: Short hook names tried against the model when listing what `hook` may be (any name that
 #: `get_act_name(hook, layer)` maps to a hook of the model with a per-token activation works).
@@ -96,15 +97,45 @@ def check_coefs(name: str, coefs) -> tuple[float, ...]:
     return out
 
 
+def _as_int(value):
+    """A one-element integer tensor as an int; anything else as it is."""
+    if (isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point()
+            and not value.is_complex() and value.dtype != torch.bool):
+        return int(value)
+    return value
+
+
 def check_feature(name: str, feature, n_features: int) -> int:
     """A feature id as an int in [0, n_features) (numpy and 0-d integer tensors accepted)."""
-    if (isinstance(feature, torch.Tensor) and feature.numel() == 1 and not feature.is_floating_point()
-            and not feature.is_complex() and feature.dtype != torch.bool):
-        feature = int(feature)
+    feature = _as_int(feature)
     if not _is_int(feature) or not 0 <= feature < n_features:
         raise ValueError(f"{name}: expected an int in [0, {n_features - 1}] (the SAE has {n_features} "
                          f"features), got {describe(feature)}")
     return int(feature)
+
+
+def check_row(name: str, row, n: int) -> int:
+    """A row number as an int in [0, n); negative ints count from the end (numpy and one-element
+    integer tensors accepted)."""
+    row = _as_int(row)
+    if not _is_int(row) or not -n <= row < n:
+        raise ValueError(f"{name}: expected an int in [0, {n}), got {describe(row)}")
+    return int(row) % n
+
+
+def check_choice(name: str, value, choices: Sequence, allow_none: bool = False):
+    """`value` if it is one of `choices` (or None when allow_none), else ValueError listing them."""
+    if (value is None and allow_none) or any(value == c and type(value) is type(c) for c in choices):
+        return value
+    also = " or None" if allow_none else ""
+    raise ValueError(f"{name}: expected one of {list(choices)}{also}, got {describe(value)}")
+
+
+def check_path(name: str, value, allow_none: bool = False):
+    """`value` if it is a path (a str or os.PathLike; or None when allow_none), else ValueError naming `name`."""
+    if (value is None and allow_none) or isinstance(value, (str, os.PathLike)):
+        return value
+    raise ValueError(f"{name}: expected a path{' or None' if allow_none else ''}, got {describe(value)}")
 
 
 # ----------------------------------------------------------------------------- texts and layers
@@ -140,8 +171,9 @@ def check_layer(name: str, layer, n_layers: int) -> int:
 
 
 def check_layers(name: str, layers, n_layers: int) -> tuple[int, ...]:
-    """One layer or a non-empty list of layers as a tuple of distinct ints in [0, n_layers), in the
-    order given (negative ints count from the last). A non-int item (e.g. 1.0) is a type error."""
+    """One layer or a non-empty list of distinct layers as a tuple of ints in [0, n_layers), in the order
+    given (negative ints count from the last). A non-int item (e.g. 1.0) or a layer given twice (1 and
+    1, or 3 and -1 of 4 layers) is a ValueError naming it."""
     if _is_int(layers):
         layers = [layers]
     if not isinstance(layers, (Sequence, np.ndarray)) or isinstance(layers, (str, bytes)):
@@ -152,12 +184,23 @@ def check_layers(name: str, layers, n_layers: int) -> tuple[int, ...]:
     resolved: list[int] = []
     for i, layer in enumerate(layers):
         layer = check_layer(f"{name}[{i}]", layer, n_layers)
-        if layer not in resolved:
-            resolved.append(layer)
+        if layer in resolved:
+            raise ValueError(f"{name}: expected distinct layers, got layer {layer} twice ({list(layers)})")
+        resolved.append(layer)
     return tuple(resolved)
 
 
 # ----------------------------------------------------------------------------- models and hooks
+
+def check_context_length(name: str, context_length, n_ctx: int) -> int:
+    """Tokens per forward pass as an int in [2, n_ctx] (the model's context); None gives n_ctx."""
+    if context_length is None:
+        return n_ctx
+    context_length = check_int(name, context_length, minimum=2)
+    if context_length > n_ctx:
+        raise ValueError(f"{name}: expected at most the model's n_ctx ({n_ctx}), got {context_length}")
+    return context_length
+
 
 def check_model(name: str, model, needs: Sequence[str] = MODEL_NEEDS):
     """`model` if it has every attribute in `needs` (a TransformerLens HookedTransformer has them all);
@@ -198,6 +241,21 @@ def check_hook(name: str, hook, model, layers: Sequence[int]) -> dict[int, str]:
 
 
 # ----------------------------------------------------------------------------- rows
+
+def check_sae_input(name: str, x, width: int, what: str, like: torch.Tensor) -> torch.Tensor:
+    """`x` if it is a finite float tensor [..., width] with `like`'s dtype and device (an SAE's input:
+    `like` is its weight), else ValueError saying which of these it is not; `what` names the width."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"{name}: expected a float tensor [..., {width}], got {describe(x)}")
+    if x.dim() == 0 or x.shape[-1] != width:
+        raise ValueError(f"{name}: expected a tensor whose last dimension is {what} = {width}, got {describe(x)}")
+    if x.dtype != like.dtype or x.device != like.device:
+        raise ValueError(f"{name}: expected {like.dtype} on {like.device} (the SAE's dtype and device), "
+                         f"got {x.dtype} on {x.device}; convert with .to(sae.W_dec)")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: expected finite values, got {describe(x)} containing NaN or inf")
+    return x
+
 
 def is_activations(value) -> bool:
     """True for a saelab `Activations` (known by its shape: layers, iter_rows, gather)."""

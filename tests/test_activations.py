@@ -2,14 +2,14 @@
 import pytest
 import torch
 
-from saelab.activations import (Activations, as_rows, find_nonfinite_row, gather_rows, iter_row_batches, n_rows,
-                                width_of)
-from saelab.collect import collect_activations
+from saelab.activations.rows import Activations, find_nonfinite_row, gather_rows, iter_row_batches, n_rows
+from saelab.validate import check_rows, row_width
+from saelab.activations.collect import collect_activations
 from test_collect import _tokens, acts, mixed_texts  # noqa: F401  (the same fixtures; tests/ is on sys.path)
 
 
 def test_context_and_str_token(model, mixed_texts, acts):
-    text = 5                                                  # a long shipped text, cut to CTX
+    text = 5                                                  # a long shipped text, in windows of CTX
     str_tokens = model.to_str_tokens(_tokens(model, mixed_texts[text]))
     rows = torch.nonzero(acts.text_index == text).flatten()
     row = int(rows[10])
@@ -29,10 +29,9 @@ def test_helpers_accept_activations_and_tensors(acts):
     tensor = single.rows.clone()
     index = torch.tensor([3, 0, 3, len(acts) - 1])
     for data in (single, tensor):
-        assert n_rows(data) == len(acts) and width_of(data) == acts.width
+        assert n_rows(data) == len(acts) and row_width(data) == acts.width
         assert torch.equal(gather_rows(data, index), tensor[index])
         assert torch.equal(torch.cat(list(iter_row_batches(data, 10))), tensor)
-        assert torch.equal(as_rows(data), tensor)
     assert torch.equal(single.gather([1, 2]), tensor[[1, 2]])
 
 
@@ -52,17 +51,15 @@ def test_bad_model_and_bad_reads(acts):
     with pytest.raises(ValueError, match=r"layers \[0, 2\].*acts\[0\]"):
         acts.rows
     with pytest.raises(ValueError, match=r"single-layer Activations.*layers \[0, 2\]"):
-        n_rows(acts)
+        check_rows("activations", acts)
     with pytest.raises(ValueError, match="was not collected"):
         acts[1]
     with pytest.raises(ValueError, match=r"index: row numbers must be in \[0, "):
         acts[0].gather(torch.tensor([0, len(acts)]))
     with pytest.raises(ValueError, match="1-D integer tensor"):
-        gather_rows(acts[0], torch.tensor([0.5]))
+        acts[0].gather(torch.tensor([0.5]))
     with pytest.raises(ValueError, match=r"float tensor \[n_tokens, d_model\]"):
-        n_rows(torch.zeros(3, dtype=torch.int64))
-    with pytest.raises(ValueError, match="batch_size"):
-        iter_row_batches(acts[0], 0)
+        check_rows("activations", torch.zeros(3, dtype=torch.int64))
     with pytest.raises(ValueError, match="batch_size"):
         acts[0].iter_rows(-1)
     with pytest.raises(ValueError, match=r"row: expected an int in \[0, "):
@@ -75,6 +72,6 @@ def test_find_nonfinite_row_reads_in_batches_and_names_the_first(acts):
     rows[40, 3], rows[90, 0] = float("inf"), float("nan")
     assert find_nonfinite_row(rows, batch_size=7) == 40
     assert find_nonfinite_row(rows[50:], batch_size=1000) == 40
-    with pytest.raises(ValueError, match="single-layer Activations"):
+    with pytest.raises(ValueError, match=r"holds layers \[0, 2\]; select one"):
         find_nonfinite_row(acts)
 

@@ -141,7 +141,7 @@ def test_check_activations_rejects_mistakes(model, fn, words):
 # --------------------------------------------------------------------------- check_training_loop
 
 def train_one(sae, rows, sparsity_coef, lr=1e-3, batch_size=64, epochs=1, seed=0):
-    from saelab.train import batch_indices
+    from saelab.training.trainer import batch_indices
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
     losses = []
     for batch in batch_indices(len(rows), batch_size, seed=seed, epochs=epochs):
@@ -154,7 +154,7 @@ def train_one(sae, rows, sparsity_coef, lr=1e-3, batch_size=64, epochs=1, seed=0
 
 
 def no_zero_grad(sae, rows, sparsity_coef, lr=1e-3, batch_size=64, epochs=1, seed=0):
-    from saelab.train import batch_indices
+    from saelab.training.trainer import batch_indices
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
     losses = []
     for batch in batch_indices(len(rows), batch_size, seed=seed, epochs=epochs):
@@ -170,7 +170,7 @@ def ignores_coef(sae, rows, sparsity_coef, **kwargs):
 
 
 def no_step(sae, rows, sparsity_coef, lr=1e-3, batch_size=64, epochs=1, seed=0):
-    from saelab.train import batch_indices
+    from saelab.training.trainer import batch_indices
     return [sae.compute_loss(rows[b], sparsity_coef)[0].item()
             for b in batch_indices(len(rows), batch_size, seed=seed, epochs=epochs)]
 
@@ -306,7 +306,7 @@ def test_check_activations_notices_the_last_token_dropped_instead_of_bos(model):
 
 
 def variant_loop(zero_grad=True, fresh=False, whole=False, record=lambda loss, stats: loss.item()):
-    from saelab.train import batch_indices
+    from saelab.training.trainer import batch_indices
 
     def loop(sae, rows, sparsity_coef, lr=1e-3, batch_size=64, epochs=1, seed=0):
         optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
@@ -389,7 +389,7 @@ def run_python(code):
     import subprocess
     import sys
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)  # a hang guard
 
 
 def test_plain_python_shows_the_message_without_a_stack_trace():

@@ -1,20 +1,20 @@
-"""collect_activations: rows, provenance, padding, BOS, truncation, out-of-core storage, errors."""
+"""collect_activations: rows, provenance, padding, BOS, long texts in windows, out-of-core storage, errors."""
 import gc
 import os
 
 import pytest
 import torch
 
-from saelab.activations import gather_rows, iter_row_batches
-from saelab.collect import TruncationWarning, collect_activations
+from saelab.activations.rows import gather_rows, iter_row_batches
+from saelab.activations.collect import TruncationWarning, collect_activations
 from saelab.data import NOTEBOOK_PROMPTS
 
-CTX = 24  # short contexts keep the tests fast
+CTX = 24  # short contexts keep the tests fast (and split the shipped texts into many windows)
 
 
 @pytest.fixture(scope="module")
 def mixed_texts(train_texts):
-    """Texts of very different lengths (short prompts and long shipped texts cut to CTX)."""
+    """Texts of very different lengths (short prompts, and long shipped texts split into CTX-token windows)."""
     return list(NOTEBOOK_PROMPTS) + train_texts[:3] + ["x = 1"]
 
 
@@ -25,12 +25,24 @@ def acts(model, mixed_texts):
 
 
 def _tokens(model, text):
-    return model.to_tokens(text)[0][:CTX]
+    """The text's tokens, whole (BOS first)."""
+    return model.to_tokens(text, truncate=False)[0]
+
+
+def _rows_run_alone(model, tokens, layer, hook="resid_post", ctx=CTX):
+    """[len(tokens) - 1, width]: each non-BOS token's row, from run_with_cache on its window alone (BOS, then
+    the next ctx - 1 tokens of the text), as the collector is documented to read a long text."""
+    rows = []
+    for start in range(1, len(tokens), ctx - 1):
+        window = torch.cat([tokens[:1], tokens[start:start + ctx - 1]])
+        _, cache = model.run_with_cache(window.unsqueeze(0))
+        rows.append(cache[hook, layer][0, 1:].flatten(1))
+    return torch.cat(rows)
 
 
 def test_shapes_and_row_order(model, mixed_texts, acts):
     lengths = [len(_tokens(model, t)) for t in mixed_texts]
-    assert max(lengths) == CTX and min(lengths) < CTX // 2  # the texts really differ in length
+    assert max(lengths) > 5 * CTX and min(lengths) < CTX // 2  # the texts really differ in length
     n = sum(n - 1 for n in lengths)                          # every token but BOS
     assert len(acts) == n and acts.layers == (0, 2) and acts.width == model.cfg.d_model
     for layer in (0, 2):
@@ -42,16 +54,15 @@ def test_shapes_and_row_order(model, mixed_texts, acts):
     assert torch.equal(acts.position, torch.cat([torch.arange(1, k) for k in lengths]))
 
 
-def test_rows_equal_each_text_run_alone(model, mixed_texts, acts):
-    """Row i == run_with_cache on its text alone at its position: checks provenance and the padding mask."""
+def test_rows_equal_each_window_run_alone(model, mixed_texts, acts):
+    """Row i == run_with_cache on its window alone: checks the windows, provenance and the padding mask."""
     for t, text in enumerate(mixed_texts):
         tokens = _tokens(model, text)
-        _, cache = model.run_with_cache(tokens.unsqueeze(0))
         mine = acts.text_index == t
-        assert torch.equal(acts.token_ids[mine], tokens[acts.position[mine]])
+        assert torch.equal(acts.position[mine], torch.arange(1, len(tokens)))
+        assert torch.equal(acts.token_ids[mine], tokens[1:])
         for layer in (0, 2):
-            expected = cache["resid_post", layer][0, acts.position[mine]]
-            torch.testing.assert_close(acts[layer].rows[mine], expected, atol=1e-4, rtol=0)
+            torch.testing.assert_close(acts[layer].rows[mine], _rows_run_alone(model, tokens, layer), atol=1e-4, rtol=0)
 
 
 def test_bos_rows_dropped_by_default_and_kept_when_asked(model, mixed_texts, acts):
@@ -90,10 +101,8 @@ def test_right_padding_even_when_the_tokenizer_pads_left(model, mixed_texts, act
 def test_negative_layers_count_from_the_last(model, mixed_texts):
     last = collect_activations(model, mixed_texts[:2], -1, context_length=CTX, progress=False)
     assert last.layers == (model.cfg.n_layers - 1,)
-    same = collect_activations(model, mixed_texts[:2], [model.cfg.n_layers - 1, -1], context_length=CTX,
-                               progress=False)
-    assert same.layers == (model.cfg.n_layers - 1,)
-    torch.testing.assert_close(last.rows, same.rows)
+    with pytest.raises(ValueError, match=rf"layers: expected distinct layers, got layer {model.cfg.n_layers - 1} twice"):
+        collect_activations(model, mixed_texts[:2], [model.cfg.n_layers - 1, -1], progress=False)
 
 
 def test_other_hooks(model, mixed_texts, acts):
@@ -101,27 +110,23 @@ def test_other_hooks(model, mixed_texts, acts):
     torch.testing.assert_close(pre.rows, acts[0].rows, atol=1e-5, rtol=0)  # resid_pre 1 is resid_post 0
     z = collect_activations(model, mixed_texts[:2], 0, hook="z", context_length=CTX, progress=False)
     assert z.width == model.cfg.n_heads * model.cfg.d_head and z.rows.shape[1] == z.width
-    _, cache = model.run_with_cache(_tokens(model, mixed_texts[0]).unsqueeze(0))
     n0 = int((z.text_index == 0).sum())
-    torch.testing.assert_close(z.rows[:n0], cache["z", 0][0, 1:].flatten(1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z.rows[:n0], _rows_run_alone(model, _tokens(model, mixed_texts[0]), 0, "z"),
+                               atol=1e-4, rtol=0)
 
 
-def test_texts_are_truncated_to_context_length(model, train_texts):
+def test_long_texts_are_split_into_windows_and_nothing_is_dropped(model, train_texts, recwarn):
     long_text = max(train_texts, key=len)
-    assert len(model.to_tokens(long_text, truncate=False)[0]) > 40
-    short = collect_activations(model, [long_text], 0, context_length=40, progress=False)  # asked: no warning
-    assert len(short) == 39 and short.position.max() == 39
-    n_long = sum(len(model.to_tokens(t, truncate=False)[0]) > model.cfg.n_ctx for t in train_texts[:6])
-    assert 0 < n_long < 6
-    message = rf"{n_long + 1} of 7 texts are longer than the model's context \(256 tokens\)"
-    with pytest.warns(TruncationWarning, match=message):
-        full = collect_activations(model, [long_text] + train_texts[:6], 0, max_tokens=300, progress=False)
-    assert int((full.text_index == 0).sum()) == model.cfg.n_ctx - 1
-
-
-def test_no_truncation_warning_when_every_text_fits(model, recwarn):
-    collect_activations(model, ["short text", "another one"], 0, progress=False)
-    assert not [w for w in recwarn if "longer than" in str(w.message)]
+    tokens = _tokens(model, long_text)
+    assert len(tokens) > model.cfg.n_ctx                      # two windows at the model's own context
+    full = collect_activations(model, [long_text, "short text"], 1, progress=False)[1]
+    assert int((full.text_index == 0).sum()) == len(tokens) - 1
+    assert torch.equal(full.position[full.text_index == 0], torch.arange(1, len(tokens)))
+    torch.testing.assert_close(full.rows[full.text_index == 0], _rows_run_alone(model, tokens, 1, ctx=model.cfg.n_ctx),
+                               atol=1e-4, rtol=0)
+    tokens_there, at = full.context(model.cfg.n_ctx + 3, before=4, after=0)   # context crosses a window edge
+    assert tokens_there == model.to_str_tokens(tokens)[model.cfg.n_ctx:model.cfg.n_ctx + 5] and at == 4
+    assert not [w for w in recwarn if issubclass(w.category, TruncationWarning)]
 
 
 def test_max_tokens_keeps_the_first_rows_exactly(model, mixed_texts, acts):

@@ -67,9 +67,10 @@ def test_notebook_prompts_give_rows_on_the_tiny_model(model):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"split": "validation"}, r"split: expected one of \('train', 'test'\), got 'validation'"),
-    ({"kind": "poetry"}, r"kind: expected one of \('prose', 'code'\) or None, got 'poetry'"),
-    ({"max_texts": 0}, r"max_texts: expected a positive int"),
+    ({"split": "validation"}, r"split: expected one of \['train', 'test'\], got str 'validation'"),
+    ({"kind": "poetry"}, r"kind: expected one of \['prose', 'code'\] or None, got str 'poetry'"),
+    ({"max_texts": 0}, r"max_texts: expected an int >= 1 or None, got int 0"),
+    ({"max_texts": True}, r"max_texts: expected an int >= 1 or None, got bool True"),   # accepted before issue 18
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -9,14 +9,14 @@ import torch
 
 matplotlib.use("Agg")
 
-from saelab.collect import collect_activations  # noqa: E402
+from saelab.activations.collect import collect_activations  # noqa: E402
 from saelab.experiments import (compare_layers, feature_correlation, notebook_layer, notebook_layers,  # noqa: E402
                                 sparsity_sweep)
 from saelab.metrics import ce_loss_recovered, evaluate  # noqa: E402
 from saelab.experiments import layers as layers_module  # noqa: E402
 from saelab.experiments.correlation import top_correlated_pairs  # noqa: E402
-from saelab.sae import TiedSAE  # noqa: E402
-from saelab.train import train_sae  # noqa: E402
+from saelab.sae.tied import TiedSAE  # noqa: E402
+from saelab.training.trainer import train_sae  # noqa: E402
 
 NOTEBOOK_COEFS = (1e-2, 1e-3, 1e-4)
 
@@ -297,7 +297,7 @@ def test_sweep_with_a_huge_lr_warns_and_keeps_finite_saes(acts):
 
 
 def test_sweep_interrupted_returns_partial_saes_in_eval_mode(acts, monkeypatch):
-    import saelab.train as train_module
+    import saelab.training.trainer as train_module
 
     real, calls = train_module.gather_rows, []
 
@@ -315,3 +315,62 @@ def test_sweep_interrupted_returns_partial_saes_in_eval_mode(acts, monkeypatch):
         assert sae.metadata["interrupted_at_step"] == 4 and not sae.training
         assert torch.equal(sae.W_dec, four.saes[coef].W_dec)  # exactly the weights after 4 steps
     pd.testing.assert_frame_equal(sweep.table.drop(columns="n_tokens"), four.table.drop(columns="n_tokens"))
+
+
+# --------------------------------------------------------------------------- issue 18: the review's defects
+
+def test_a_passed_configs_seed_wins_and_a_conflict_is_an_error(acts):
+    from saelab.training.config import TrainConfig
+    config = TrainConfig.lab(seed=3, steps=2)
+    sweep = sparsity_sweep(acts, coefs=[1.0], config=config, progress=False)
+    assert sweep.saes[1.0].metadata["seed"] == 3 and sweep.settings["seed"] == 3
+    assert torch.equal(sweep.saes[1.0].encoder.weight,
+                       sparsity_sweep(acts, coefs=[1.0], config=config, seed=3, progress=False).saes[1.0].encoder.weight)
+    with pytest.raises(ValueError, match=r"seed: got seed=5 and config.seed=3; give it in one place"):
+        sparsity_sweep(acts, coefs=[1.0], config=config, seed=5, progress=False)
+    with pytest.raises(ValueError, match=r"steps: got steps=4 and config.steps=2"):
+        sparsity_sweep(acts, coefs=[1.0], config=config, steps=4, progress=False)
+    plain = sparsity_sweep(acts, coefs=[1.0], steps=2, progress=False)            # no config: seed 0
+    assert plain.saes[1.0].metadata["seed"] == 0
+
+
+def test_sweep_and_ce_splice_hooks_other_than_the_residual_stream(model, train_texts):
+    """mlp_post rows are d_mlp wide (not d_model), z rows 4-D [b, pos, heads, d_head] flattened: the sweep
+    measures CE on both, splicing the reconstruction back in the hook's own shape."""
+    texts = train_texts[:3]
+    assert model.cfg.d_mlp != model.cfg.d_model
+    for hook, width in (("mlp_post", model.cfg.d_mlp), ("z", model.cfg.n_heads * model.cfg.d_head)):
+        rows = collect_activations(model, texts, 1, hook=hook, max_tokens=600, progress=False)
+        assert rows.width == width
+        sweep = sparsity_sweep(rows, coefs=[1.0], steps=5, model=model, texts=texts[:1], progress=False)
+        assert math.isfinite(sweep.table["ce_loss_recovered"].iloc[0])
+        wrong = TiedSAE(width // 2, 64, seed=0)
+        with pytest.raises(ValueError, match=rf"sae: expected an SAE of d_in = {width}, the width of "
+                                             rf"blocks.1.{'mlp.hook_post' if hook == 'mlp_post' else 'attn.hook_z'}"):
+            ce_loss_recovered(model, wrong, texts[:1], layer=1, hook=hook)
+    resid = collect_activations(model, texts, 1, max_tokens=300, progress=False)
+    with pytest.raises(ValueError, match=r"model: its blocks.1.hook_resid_post gives rows of width 128, the "
+                                         r"activations' rows have width 64"):
+        sparsity_sweep(resid.rows[:, :64], coefs=[1.0], steps=1, model=model, texts=texts[:1], layer=1, progress=False)
+
+
+def test_compare_layers_refuses_a_repeated_layer(model, train_texts):
+    with pytest.raises(ValueError, match=r"layers: expected distinct layers, got layer 1 twice"):
+        compare_layers(model, train_texts[:2], layers=[1, 1], steps=1, progress=False)
+
+
+def test_the_evaluation_bar_reaches_its_end(acts, monkeypatch, capsys):
+    monkeypatch.setenv("SAELAB_PROGRESS", "1")
+    sparsity_sweep(acts, coefs=[1.0, 2.0, 3.0], steps=1, progress=True)
+    bars = capsys.readouterr().err
+    assert "evaluating: 100%" in bars and "3/3" in bars
+
+
+def test_experiments_name_the_labs_exercise_numbers():
+    """The lab and the checks number the notebook's exercises 3, 4, 5 (Parts 3-5): so do the docstrings."""
+    from saelab.experiments import correlation, layers, sparsity
+    assert "Exercise 3" in sparsity.__doc__ and "exercise 3" in sparsity_sweep.__doc__
+    assert "exercise 4" in feature_correlation.__doc__ and "exercise 5" in compare_layers.__doc__
+    for text in (sparsity.__doc__, sparsity_sweep.__doc__, feature_correlation.__doc__, compare_layers.__doc__,
+                 correlation.__doc__ or "", layers.__doc__ or ""):
+        assert "notebook's exercise" not in text and "Exercise 1," not in text and "Exercise 2," not in text

@@ -6,11 +6,11 @@ import torch
 
 import pandas as pd
 
-from saelab.collect import collect_activations
-from saelab.features import (LogitEffects, TopExamples, feature_card, feature_logit_effects, top_activating_examples,
+from saelab.activations.collect import collect_activations
+from saelab.features.cards import (LogitEffects, TopExamples, feature_card, feature_logit_effects, top_activating_examples,
                              visible_token)
-from saelab.sae import TiedSAE
-from saelab.train import train_sae
+from saelab.sae.tied import TiedSAE
+from saelab.training.trainer import train_sae
 from saelab.utils import token_text
 
 TRICKY = ["<script>alert('x')</script> & <b>bold</b>\n\n  indented    spaces\tand tabs",
@@ -19,7 +19,7 @@ TRICKY = ["<script>alert('x')</script> & <b>bold</b>\n\n  indented    spaces\tan
 
 @pytest.fixture(scope="module")
 def acts(model, train_texts):
-    return collect_activations(model, train_texts[:6] + TRICKY, 2, max_tokens=1500, progress=False)
+    return collect_activations(model, train_texts[:6] + TRICKY, 2, progress=False)   # every token, TRICKY's too
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,7 @@ def test_top_examples_are_the_argmax_rows(sae, acts, dense):
 
 def test_top_examples_html_is_escaped_and_shows_whitespace(sae, acts, dense):
     tricky_rows = torch.nonzero(acts.text_index >= 6).flatten()
+    assert len(tricky_rows) > 0                       # the tricky texts gave rows (they come after six long texts)
     best = int(dense[tricky_rows].sum(0).argmax())  # a feature that fires on the tricky texts
     result = top_activating_examples(sae, acts, best, k=50, context=8)
     html = result._repr_html_()
@@ -241,7 +242,7 @@ def test_ties_are_broken_by_id(model):
 
 def test_match_features_finds_each_decoder_row_in_a_permuted_copy():
     import saelab
-    from saelab.matching import match_features
+    from saelab.features.matching import match_features
 
     a = TiedSAE(8, 40, seed=0)
     b = TiedSAE(8, 40, seed=1)
@@ -258,3 +259,15 @@ def test_match_features_finds_each_decoder_row_in_a_permuted_copy():
         match_features(a, TiedSAE(4, 8, seed=0))
     with pytest.raises(ValueError, match=r"a: expected a saelab TiedSAE"):
         match_features("a", b)
+
+
+def test_match_features_breaks_ties_by_the_lowest_id():
+    """b holds a's direction three times (ids 2, 5 and 7): the match is 2, by an explicit rule rather
+    than by whichever index `max` returns (unspecified on CUDA)."""
+    from saelab.features.matching import match_features
+    a, b = TiedSAE(8, 4, seed=0), TiedSAE(8, 10, seed=1)
+    with torch.no_grad():
+        for i in (7, 2, 5):
+            b.encoder.weight[i] = a.encoder.weight[0] * 3.0
+    table = match_features(a, b, chunk=1).table.set_index("feature")
+    assert table.loc[0, "match"] == 2 and table.loc[0, "cosine"] == pytest.approx(1.0)

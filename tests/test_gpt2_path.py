@@ -82,14 +82,15 @@ def test_fallback_tokenizer_is_tiny_bpe_in_gpt2_format(tmp_path):
 
 
 def test_standin_script_reuses_a_written_cache_and_prints_the_env(gpt2_hf_home):
-    result = run_python([str(ROOT / "tests" / "gpt2_standin.py"), str(gpt2_hf_home)], timeout=120)
+    result = run_python([str(ROOT / "tests" / "gpt2_standin.py"), str(gpt2_hf_home)], timeout=900)
     assert result.returncode == 0, result.stderr
     assert f"HF_HOME={gpt2_hf_home}" in result.stdout and "HF_HUB_OFFLINE=1" in result.stdout
 
 
+@pytest.mark.slow  # the whole lab (run_lab) on the GPT-2 stand-in
 def test_cli_run_on_gpt2_small_completes(gpt2_hf_home, tmp_path):
     out = tmp_path / "run"
-    result = run_cli(["run", "--model", "gpt2-small", "--max-tokens", "2000", "--out", str(out)], timeout=900,
+    result = run_cli(["run", "--model", "gpt2-small", "--max-tokens", "2000", "--out", str(out)], timeout=3600,
                      **gpt2_standin.offline_env(gpt2_hf_home))
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "report.html").is_file() and "expect about" in result.stderr  # the CPU estimate is printed
@@ -100,11 +101,12 @@ def test_cli_run_on_gpt2_small_completes(gpt2_hf_home, tmp_path):
     assert cfg["metadata"]["saelab_input_scale"] > 0
 
 
+@pytest.mark.slow  # two Jupyter kernels (nbval)
 def test_both_notebooks_execute_on_gpt2_small(gpt2_hf_home):
-    # SAELAB_LAB_SIZE=small: the lab's documented reduced sizes (saelab.labconfig.SIZES); one pytest
+    # SAELAB_LAB_SIZE=small: the lab's documented reduced sizes (saelab.training.lab_settings.SIZES); one pytest
     # (nbval, addopts --nbval-lax) runs the exercise notebook and the solutions, each in its own kernel
     result = run_python(["-m", "pytest", "-q", "-p", "no:cacheprovider", "notebooks/lab_c4.ipynb",
-                         "solutions/lab_c4.ipynb"], timeout=900, SAELAB_MODEL="gpt2-small", SAELAB_LAB_SIZE="small",
+                         "solutions/lab_c4.ipynb"], timeout=3600, SAELAB_MODEL="gpt2-small", SAELAB_LAB_SIZE="small",
                         **gpt2_standin.offline_env(gpt2_hf_home))
     assert result.returncode == 0, result.stdout[-3000:]
     assert " passed" in result.stdout and "failed" not in result.stdout

@@ -142,7 +142,7 @@ def test_notebooks_execute_on_cuda(tmp_path):
     """`saelab notebooks execute` in a scratch root: the solution notebook runs top to bottom on CUDA."""
     for command in (["notebooks", "build", "--root", str(tmp_path)],
                     ["notebooks", "execute", "--root", str(tmp_path), "--model", "tiny"]):
-        result = run_cli(command, timeout=1200, cwd=tmp_path)
+        result = run_cli(command, timeout=3600, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
     notebook = json.loads((tmp_path / "solutions" / "lab_c4.ipynb").read_text(encoding="utf-8"))
     code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
@@ -173,11 +173,8 @@ def test_accumulation_recipe_gives_float64_totals_on_cpu():
 
 def test_adam_steps_where_torch_has_no_fused_kernel():
     """Parameters on a device without a fused Adam kernel ("meta" here; MPS on older torch) get plain Adam."""
-    from saelab import train
+    from saelab.training.trainer import adam   # the one Adam constructor: if it moves, this fails
 
-    adam = getattr(train, "adam", None)
-    if adam is None:
-        pytest.skip("saelab.train.adam moved; point this test at the one Adam constructor")
     weight = torch.zeros(4, 3, device="meta", requires_grad=True)
     weight.grad = torch.zeros_like(weight)
     adam([weight], 1e-3).step()

@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from saelab import grading, notebooks
+from saelab.course import grading, notebooks
 
 LAB = '''\
 # A tiny lab for the grading tests.
@@ -99,7 +99,7 @@ def test_nbgrader_grades_a_reference_and_a_mistaken_submission(course, monkeypat
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])  # for alembic
     config = Config()
     config.CourseDirectory.root = str(folder)
-    config.ExecutePreprocessor.timeout = 120
+    config.ExecutePreprocessor.timeout = 1800
     api = NbGraderAPI(config=config)
     assert api.generate_assignment("lab_g")["success"]
     released = nbformat.read(folder / "release" / "lab_g" / "lab_g.ipynb", as_version=4)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from saelab import TiedSAE, TrainConfig, train_sae
-from saelab.labconfig import COEF, SIZE_ENV, SWEEP_COEFS, LabSettings, estimate_seconds, lab_settings
-from saelab.train_config import LAB_RECIPE
+from saelab.training.lab_settings import COEF, SIZE_ENV, SWEEP_COEFS, estimate_seconds, lab_settings
+from saelab.training.config import LAB_RECIPE
 
 GPT2_CFG = type("Cfg", (), {"d_model": 768, "n_layers": 12, "d_vocab": 50257, "n_ctx": 1024})()
 
@@ -79,7 +79,7 @@ def test_small_max_tokens_means_small_work_and_the_estimate_says_so():
     assert estimate_seconds(full, GPT2_CFG, "cuda") < cpu_full / 10
     with pytest.raises(ValueError, match="model_cfg: expected a model config with an integer d_model"):
         estimate_seconds(full, object(), "cpu")
-    with pytest.raises(ValueError, match="settings: expected a saelab.labconfig.LabSettings"):
+    with pytest.raises(ValueError, match="settings: expected a saelab.training.lab_settings.LabSettings"):
         estimate_seconds({"max_tokens": 3}, GPT2_CFG, "cpu")
 
 
@@ -88,4 +88,7 @@ def test_settings_are_json_able_for_the_manifest():
     settings = lab_settings("tiny", size="small")
     data = json.loads(json.dumps(settings.as_dict()))
     assert data["train"]["normalize"] is True and data["coefs"] == list(SWEEP_COEFS)
-    assert isinstance(dataclasses.replace(settings, ce_texts=1), LabSettings)
+    with pytest.raises(dataclasses.FrozenInstanceError):     # shared by the notebook and `saelab run`
+        settings.ce_texts = 1
+    changed = dataclasses.replace(settings, ce_texts=1)
+    assert changed.ce_texts == 1 and settings.ce_texts == lab_settings("tiny", size="small").ce_texts

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from saelab.metrics import CELossResult, EvalResult, ce_loss_recovered, evaluate
-from saelab.sae import TiedSAE
+from saelab.sae.tied import TiedSAE
 
 
 def _hand_sae():
@@ -149,9 +149,13 @@ def test_padding_does_not_change_the_loss(model):
     assert batched.n_tokens == one_by_one.n_tokens
 
 
-def test_context_length_limits_the_counted_predictions(model):
-    result = ce_loss_recovered(model, _identity_sae(model.cfg.d_model), TEXTS, layer=0, context_length=4)
-    assert result.n_tokens == sum(min(model.to_tokens(t).shape[1], 4) - 1 for t in TEXTS)
+def test_every_token_is_predicted_whatever_the_context_length(model):
+    """Texts longer than context_length are read in windows (each starting with BOS): every token of
+    every text is predicted once, whatever the window size."""
+    for context_length in (4, 7, None):
+        result = ce_loss_recovered(model, _identity_sae(model.cfg.d_model), TEXTS, layer=0,
+                                   context_length=context_length)
+        assert result.n_tokens == sum(model.to_tokens(t).shape[1] - 1 for t in TEXTS)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -163,7 +167,7 @@ def test_context_length_limits_the_counted_predictions(model):
     (dict(layer=0, context_length=10_000), r"context_length: expected at most the model's n_ctx"),
     (dict(layer=0, context_length=1), r"context_length: expected an int >= 2"),
     (dict(layer=0, batch_size=0), r"batch_size: expected an int >= 1"),
-    (dict(layer=0, texts=[""]), r"texts: expected at least one text with a token after BOS"),
+    (dict(layer=0, texts=["fine", ""]), r"texts\[1\]: str '' tokenizes to no tokens"),
 ])
 def test_ce_loss_recovered_bad_inputs(model, kwargs, match):
     kwargs = {"texts": TEXTS, **kwargs}
@@ -174,7 +178,7 @@ def test_ce_loss_recovered_bad_inputs(model, kwargs, match):
 # --------------------------------------------------------------------------- the SAE interface
 
 def test_as_sae_admits_a_tied_sae_with_the_whole_interface():
-    from saelab.sae_interface import as_sae
+    from saelab.sae.interface import as_sae
 
     sae = TiedSAE(6, 10, seed=0)
     assert as_sae("sae", sae) is sae
@@ -229,7 +233,7 @@ def test_ce_conventions_saelens_leaves_out_bos_predictions_and_zeroes_bos(model)
     theirs = ce_loss_recovered(model, sae, TEXTS, layer=1, conventions="saelens")
     assert theirs.n_tokens == ours.n_tokens - len(TEXTS)  # no prediction made at BOS
     assert theirs.zero_ablation != pytest.approx(ours.zero_ablation, abs=1e-4)
-    with pytest.raises(ValueError, match=r"conventions: expected 'saelab' or 'saelens', got 'x'"):
+    with pytest.raises(ValueError, match=r"conventions: expected one of \['saelab', 'saelens'\], got str 'x'"):
         ce_loss_recovered(model, sae, TEXTS, layer=1, conventions="x")
 
 

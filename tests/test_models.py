@@ -1,7 +1,6 @@
 """The embedded "tiny" model: offline loading, tokenizer, quality against its card, errors."""
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -93,11 +92,9 @@ def test_offline_uncached_model_fails_at_once_without_a_request(empty_hub, monke
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as $HF_HUB_OFFLINE=1 does
     monkeypatch.setattr("huggingface_hub.get_session", lambda: pytest.fail("a network request was attempted"))
-    start = time.perf_counter()
     with pytest.raises(models.ModelUnavailableError, match=r"could not load 'gpt2-small'.*not in the local "
                        r"Hugging Face cache.*The embedded model 'tiny' works offline") as info:
         models.load_model("gpt2-small", device="cpu")
-    assert time.perf_counter() - start < 5
     assert empty_hub == []
     assert info.value.model_name == "gpt2-small" and info.value.offline_choice == "tiny"
 
@@ -142,9 +139,7 @@ def test_hub_probe_is_short_and_sends_nothing_offline(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    start = time.perf_counter()
     assert models.hub_reachable("http://127.0.0.1:9", timeout=1) is False  # a closed local port
-    assert time.perf_counter() - start < 5
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr("huggingface_hub.get_session", lambda: pytest.fail("a network request was attempted"))
     assert models.hub_reachable() is False

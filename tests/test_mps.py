@@ -4,7 +4,7 @@ import torch
 
 from saelab import models
 from saelab.experiments import correlation, layers
-from saelab.sae import TiedSAE
+from saelab.sae.tied import TiedSAE
 
 MPS_ANSWER = (torch.float32, torch.device("cpu"))
 
@@ -52,7 +52,7 @@ def test_accumulation_on_cpu_is_float64_on_the_device():
 
 
 def test_row_scale_sums_off_the_device_on_mps(monkeypatch):
-    from saelab import initialise
+    from saelab.training import initialise
     rows = _rows() * 7
     reference = initialise.row_scale(rows)
     monkeypatch.setattr(initialise, "accumulation", lambda device: MPS_ANSWER)

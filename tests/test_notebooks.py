@@ -5,8 +5,8 @@ import json
 import nbformat
 import pytest
 
-from saelab import notebooks
-from saelab.notebooks import SourceError
+from saelab.course import notebooks
+from saelab.course.notebooks import SourceError
 
 SOURCE = '''\
 # A header for the source's readers: goes to neither notebook.

@@ -64,7 +64,7 @@ def test_legends_sit_outside_the_data(sweep, figure):
     if figure == "history":
         fig = sweep.plot_history()
     else:
-        from saelab.train import TrainResult
+        from saelab.training.trainer import TrainResult
         h = pd.DataFrame({"step": [10, 20, 30], "loss": [1.0, 0.5, 0.3], "recon": [0.9, 0.4, 0.2],
                           "sparsity": [0.1] * 3, "l0": [50.0, 40.0, 30.0]})
         fig = TrainResult(sae=None, history=h, train_metrics=None, eval_metrics=None, seconds=1.0,

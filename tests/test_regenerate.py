@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from saelab import notebooks, regenerate
+from saelab.course import notebooks, regenerate
 
 LAB = '''\
 # A tiny lab: trains two small SAEs and prints a table, after making every kind of noise.

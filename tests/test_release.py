@@ -6,7 +6,8 @@ import json
 import nbformat
 import pytest
 
-from saelab import release
+from saelab.course import release
+from saelab.files import TEMP_TAG
 
 LAB = '''\
 # %% [markdown]
@@ -40,7 +41,7 @@ def source(tmp_path):
 
 
 def leftovers(parent):
-    return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name)
+    return sorted(p.name for p in parent.iterdir() if TEMP_TAG in p.name or ".tmp-" in p.name)
 
 
 @pytest.mark.slow

@@ -7,9 +7,11 @@ import torch
 import dataclasses
 
 from saelab import report as report_module
-from saelab.labconfig import COEF, SWEEP_COEFS, lab_settings
+from saelab.training.lab_settings import COEF, SWEEP_COEFS, lab_settings
 from saelab.report import run_lab
-from saelab.train_config import TrainConfig
+from saelab.training.config import TrainConfig
+
+pytestmark = pytest.mark.slow  # every test here runs the whole lab (run_lab)
 
 MAX_TOKENS, EVAL_TOKENS, EPOCHS = 800, 600, 10
 STEPS = 4 * EPOCHS  # 800 rows in batches of 256: 4 steps per epoch
@@ -40,9 +42,9 @@ def test_report_page_figures_and_cards(lab_run):
 
 
 def test_sweep_table_is_sane_and_matches_the_saved_saes(lab_run, model, test_texts):
-    from saelab.collect import collect_activations
+    from saelab.activations.collect import collect_activations
     from saelab.metrics import evaluate
-    from saelab.sae import TiedSAE
+    from saelab.sae.tied import TiedSAE
 
     out, _ = lab_run
     t = pd.read_csv(out / "tables" / "sparsity_sweep.csv")
@@ -64,7 +66,7 @@ def test_sweep_table_is_sane_and_matches_the_saved_saes(lab_run, model, test_tex
 
 
 def test_layer_and_other_tables(lab_run, model):
-    from saelab.sae import TiedSAE
+    from saelab.sae.tied import TiedSAE
 
     out, _ = lab_run
     layers = pd.read_csv(out / "tables" / "layer_comparison.csv")
@@ -132,8 +134,8 @@ def test_a_killed_run_leaves_the_old_one_whole(lab_run, tmp_path):
     old, _ = lab_run
     out = tmp_path / "run"
     shutil.copytree(old, out)
-    code = ("import sys, dataclasses; from saelab.report import run_lab; from saelab.labconfig import lab_settings; "
-            "from saelab.train_config import TrainConfig; "
+    code = ("import sys, dataclasses; from saelab.report import run_lab; from saelab.training.lab_settings import lab_settings; "
+            "from saelab.training.config import TrainConfig; "
             f"s = dataclasses.replace(lab_settings('tiny', max_tokens={MAX_TOKENS}), train=TrainConfig.lab(steps=100000)); "
             "run_lab('tiny', sys.argv[1], seed=1, device='cpu', settings=s, progress=False)")
     import os
@@ -146,7 +148,7 @@ def test_a_killed_run_leaves_the_old_one_whole(lab_run, tmp_path):
                 break
         child.send_signal(signal.SIGKILL)
     finally:
-        child.wait(timeout=60)
+        child.wait(timeout=600)
     assert json.loads((out / "manifest.json").read_text())["seed"] == 0
     assert sorted(p.name for p in (out / "cards").iterdir()) == sorted(p.name for p in (old / "cards").iterdir())
     _run_small(out, seed=1)

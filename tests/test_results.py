@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import saelab
-from saelab.results import DISPLAY_DIGITS, Result, fmt, format_table, pct
+from saelab.results import Result, fmt, format_table, pct
 
 DECIMAL = re.compile(r"(?<![\w.])-?\d+\.\d+(?:e[-+]\d+)?(?![\w.])")
 
@@ -73,15 +73,15 @@ def test_result_protocol(runs, name):
     floats = [(c, v) for c in shown.columns for v in shown[c] if isinstance(v, float) and v == v]
     assert floats or name in ("TopExamples",), "a result with no float column tests nothing here"
     for column, value in floats:
-        assert significant_digits(fmt(value)) <= DISPLAY_DIGITS, (column, value)
+        assert significant_digits(fmt(value)) <= 3, (column, value)   # the promise: 3 significant digits
     formatted = format_table(shown)
     for column in shown.columns:
         for cell in formatted[column]:
             if isinstance(cell, str) and DECIMAL.fullmatch(cell):
-                assert significant_digits(cell) <= DISPLAY_DIGITS, (column, cell)
+                assert significant_digits(cell) <= 3, (column, cell)
     assert all(fmt(v) in text for _, v in floats[:20])
     for number in DECIMAL.findall(summary):
-        assert significant_digits(number) <= DISPLAY_DIGITS, (summary, number)
+        assert significant_digits(number) <= 3, (summary, number)
 
 
 def test_tables_keep_full_precision(runs):

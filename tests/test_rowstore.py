@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from saelab import rowstore
-from saelab.rowstore import ROW_BYTES, DiskStore, TempDir
+from saelab.activations import stores as rowstore
+from saelab.activations.stores import ROW_BYTES, DiskStore, TempDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def test_a_second_collection_keeps_a_live_ones_folder(tmp_path):
 
 _WRITER = textwrap.dedent("""
     import sys, time, torch
-    from saelab.rowstore import DiskStore, TempDir
+    from saelab.activations.stores import DiskStore, TempDir
     directory = TempDir(sys.argv[1])
     store = DiskStore(directory.path / "resid_post_layer0.f32", 4000, 64, directory)
     for start in range(0, 2000, 100):

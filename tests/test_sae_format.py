@@ -16,8 +16,10 @@ import safetensors.torch
 import torch
 
 import saelab.files as files
-from saelab.sae import CFG_FILENAME, WEIGHTS_FILENAME, TiedSAE
-from saelab.sae_format import SAELENS_DATASET_DEFAULTS
+from saelab.sae.folder_format import CFG_FILENAME, WEIGHTS_FILENAME
+from saelab.sae.tied import TiedSAE
+from saelab.data import TEXTS_DIR
+from saelab.sae.folder_format import DTYPES, SAELENS_DATASET_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +94,7 @@ def test_a_save_interrupted_at_every_step_leaves_the_old_or_the_new_folder(tmp_p
 _SAVER = textwrap.dedent("""
     import os, sys, torch
     torch.set_num_threads(1)            # no thread pool yet: forking below is safe
-    from saelab.sae import TiedSAE
+    from saelab.sae.tied import TiedSAE
     folder = sys.argv[1]
     for line in sys.stdin:              # one round per line: fork a saver, which the test kills
         first = int(line)
@@ -130,7 +132,7 @@ def test_kill_9_during_repeated_saves_never_mixes_two_saves(tmp_path):
             stray += len(_entries(tmp_path)) - 1
     finally:
         server.stdin.close()
-        server.wait(timeout=60)
+        server.wait(timeout=600)
     assert sum(s % 1000 for s in saved) > 0                         # some kills came after several saves
     _sae(7, d=128, n=4096).save(folder)
     assert _entries(tmp_path) == ["sae"] and _which_save(folder) == 7
@@ -227,3 +229,38 @@ def test_atomic_file_writes_keep_the_old_file_and_reclaim_only_dead_writers_temp
     assert target.read_text() == "new" and _entries(tmp_path) == sorted(["report.html", live.name])
     with pytest.raises(ValueError, match=r"path: expected a file or folder path \(str or Path\), got int 3"):
         files.atomic_write_text(3, "x")
+
+
+# --------------------------------------------------------------------------- issue 18: the review's defects
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_every_dtype_round_trips_with_an_input_scale(tmp_path, dtype):
+    """The scale is folded in (and unfolded) in float64 and rounded once, and the tie is checked at the
+    dtype's own precision: half-precision SAEs with an input scale load back."""
+    sae = TiedSAE(16, 48, seed=0)
+    sae.input_scale = 7.3
+    sae = sae.to(DTYPES[dtype])
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(0)).to(DTYPES[dtype]) * 7.3
+    loaded = TiedSAE.load(sae.save(tmp_path / dtype), device="cpu")
+    assert loaded.encoder.weight.dtype == DTYPES[dtype] and loaded.input_scale == 7.3
+    ulp = torch.finfo(DTYPES[dtype]).eps
+    torch.testing.assert_close(loaded.encoder.weight, sae.encoder.weight, rtol=2 * ulp, atol=0)
+    torch.testing.assert_close(loaded.decode(loaded.encode(x)).double(), sae.decode(sae.encode(x)).double(),
+                               rtol=0, atol=64 * ulp * float(x.abs().max()))
+
+
+def test_numpy_sizes_are_stored_as_ints_and_save(tmp_path):
+    import numpy as np
+    sae = TiedSAE(np.int64(16), np.int64(32), seed=np.int64(0))
+    assert type(sae.d_model) is int and type(sae.n_features) is int
+    cfg = json.loads((sae.save(tmp_path / "np") / CFG_FILENAME).read_text())
+    assert (cfg["d_in"], cfg["d_sae"]) == (16, 32)
+
+
+def test_the_dataset_path_is_this_machines_and_never_reaches_a_loaded_sae(tmp_path):
+    folder = TiedSAE(8, 16, seed=0).save(tmp_path / "sae")
+    cfg = json.loads((folder / CFG_FILENAME).read_text())
+    assert cfg["metadata"]["dataset_path"] == str(TEXTS_DIR) and "dataset_path" in cfg["metadata"]["saelab_defaults"]
+    cfg["metadata"]["dataset_path"] = "/another/machine/site-packages/saelab/assets/texts"   # copied elsewhere
+    (folder / CFG_FILENAME).write_text(json.dumps(cfg))
+    assert "dataset_path" not in TiedSAE.load(folder, device="cpu").metadata

@@ -16,10 +16,10 @@ from sae_lens.evals import get_downstream_reconstruction_metrics, get_sparsity_a
 from sae_lens.saes.sae import SAEMetadata  # noqa: E402
 from sae_lens.training.activation_scaler import ActivationScaler  # noqa: E402
 
-from saelab.collect import collect_activations  # noqa: E402
+from saelab.activations.collect import collect_activations  # noqa: E402
 from saelab.data import load_texts  # noqa: E402
-from saelab.sae import TiedSAE  # noqa: E402
-from saelab.saelens_sae import REFERENCE_SAES, SAELensSAE, is_saelens_sae, load_sae  # noqa: E402
+from saelab.sae.tied import TiedSAE  # noqa: E402
+from saelab.sae.saelens import REFERENCE_SAES, SAELensSAE, is_saelens_sae, load_sae  # noqa: E402
 
 LAYER = 2
 HOOK = f"blocks.{LAYER}.hook_resid_post"
@@ -28,9 +28,16 @@ CTX = 64
 
 @pytest.fixture(scope="module")
 def eval_texts(model):
-    """16 held-out texts with at least CTX tokens (BOS first)."""
-    texts = load_texts("test", max_texts=40)
-    return [t for t in texts if model.to_tokens(t, move_to_device=False).shape[1] >= CTX][:16]
+    """16 held-out texts of exactly CTX tokens (BOS first), so that saelab's windows and SAELens's fixed
+    contexts are the same tokens: each text's first CTX - 1 tokens, decoded, kept where they tokenize back."""
+    texts = []
+    for text in load_texts("test", max_texts=80):
+        ids = model.to_tokens(text, move_to_device=False)[0, :CTX]
+        cut = model.tokenizer.decode(ids[1:])
+        if len(ids) == CTX and torch.equal(model.to_tokens(cut, move_to_device=False)[0], ids):
+            texts.append(cut)
+    assert len(texts) >= 16
+    return texts[:16]
 
 
 @pytest.fixture(scope="module")
@@ -134,30 +141,19 @@ def test_load_sae_gives_the_saelens_sae_and_its_interface(saved):
     assert is_saelens_sae(original) and not is_saelens_sae(sae) and not is_saelens_sae(TiedSAE(4, 8, seed=0))
 
 
-def test_interface_metrics_match_saelens_evals(saved, model, eval_tokens, eval_rows):
-    folder, _ = saved
-    sae = load_sae(folder, device="cpu")
-    theirs, feature_metrics = _saelens_metrics(sae.sae, model, eval_tokens)
-    ours = _interface_metrics(sae, eval_rows)
-    assert 0.1 < ours["explained_variance"] < 1
-    assert ours["explained_variance"] == pytest.approx(theirs["explained_variance"], abs=1e-6)
-    assert ours["l0"] == pytest.approx(theirs["l0"], rel=1e-6)  # SAELens averages in float32
-    assert ours["l1"] == pytest.approx(theirs["l1"], rel=1e-6)
-    assert ours["mse"] * sae.d_in == pytest.approx(theirs["mse"], rel=1e-6)  # SAELens sums over dimensions
-    torch.testing.assert_close(ours["density"], torch.tensor(feature_metrics["feature_density"], dtype=torch.float64),
-                               atol=1e-6, rtol=0)
-
-
 def test_evaluate_matches_saelens_evals(saved, model, eval_tokens, eval_rows):
+    """`evaluate`, through the SAE interface, gives SAELens's own eval numbers on the same tokens."""
     from saelab.metrics import evaluate
 
     folder, _ = saved
     sae = load_sae(folder, device="cpu")
     theirs, feature_metrics = _saelens_metrics(sae.sae, model, eval_tokens)
     result = evaluate(sae, eval_rows)
+    assert 0.1 < result.explained_variance < 1
     assert result.explained_variance == pytest.approx(theirs["explained_variance"], abs=1e-6)
-    assert result.l0 == pytest.approx(theirs["l0"], rel=1e-6)
-    assert result.mse * sae.d_in == pytest.approx(theirs["mse"], rel=1e-6)
+    assert result.l0 == pytest.approx(theirs["l0"], rel=1e-6)  # SAELens averages in float32
+    assert result.l1 == pytest.approx(theirs["l1"], rel=1e-6)
+    assert result.mse * sae.d_in == pytest.approx(theirs["mse"], rel=1e-6)  # SAELens sums over dimensions
     torch.testing.assert_close(result.feature_density.double(),
                                torch.tensor(feature_metrics["feature_density"], dtype=torch.float64), atol=1e-6, rtol=0)
 

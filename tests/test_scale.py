@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from saelab import TiedSAE, TrainConfig, collect_activations, evaluate, train_sae
-from saelab.initialise import density_biases, row_scale, start_from_rows
-from saelab.train import train_stacked
+from saelab.training.initialise import density_biases, row_scale, start_from_rows
+from saelab.training.trainer import train_stacked
 
 LAYER, COEFS = 2, (1.0, 4.0)
 

@@ -77,8 +77,8 @@ MISTAKES = {
 
 
 def built_notebooks(root):
-    """(exercise, solution) notebooks built from the lab source under `root`: the one use of saelab.notebooks."""
-    from saelab import notebooks
+    """(exercise, solution) notebooks built from the lab source under `root`: the one use of saelab.course.notebooks."""
+    from saelab.course import notebooks
     notebooks.build(root, [LAB])
     return tuple(nbformat.read(root / folder / "lab_c4.ipynb", as_version=4) for folder in ("notebooks", "solutions"))
 
@@ -148,7 +148,7 @@ def journey(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        client = NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
+        client = NotebookClient(nb, timeout=1800, kernel_name="python3", allow_errors=True,
                                 resources={"metadata": {"path": str(ROOT)}},
                                 on_cell_executed=lambda cell, cell_index, execute_reply:
                                 status.__setitem__(cell_index, execute_reply["content"]["status"]))
@@ -167,11 +167,13 @@ def journey(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow  # a live Jupyter kernel
 def test_every_variant_ran(journey):
     assert len(journey) == sum(2 + len(m) for m in MISTAKES.values())
     assert all(len(MISTAKES[c]) >= 3 for c in MISTAKES)
 
 
+@pytest.mark.slow  # a live Jupyter kernel
 def test_the_reference_answers_pass(journey):
     for check, label, _, shown, status, _ in journey:
         if label == "reference":
@@ -179,6 +181,7 @@ def test_the_reference_answers_pass(journey):
             assert shown.startswith(f"✅ {check} (exercise "), shown
 
 
+@pytest.mark.slow  # a live Jupyter kernel
 def test_stubs_and_mistakes_fail_with_their_message_and_no_stack_trace(journey):
     for check, label, words, shown, status, outputs in journey:
         if label == "reference":
@@ -193,6 +196,7 @@ def test_stubs_and_mistakes_fail_with_their_message_and_no_stack_trace(journey):
         assert len(errors) <= 1 and all(o.ename == "CheckFailed" for o in errors), f"{where}: {outputs}"
 
 
+@pytest.mark.slow  # a live Jupyter kernel
 def test_the_bos_message_states_no_misleading_ratio_on_tiny(journey):
     (shown,) = [s for c, label, _, s, _, _ in journey if label == "BOS kept"]
     text = " ".join(shown.split())

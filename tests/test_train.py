@@ -3,8 +3,8 @@ import matplotlib.figure
 import pytest
 import torch
 
-from saelab.sae import TiedSAE
-from saelab.train import TrainResult, batch_indices, train_sae
+from saelab.sae.tied import TiedSAE
+from saelab.training.trainer import TrainResult, batch_indices, train_sae
 
 D, N = 8, 32
 
@@ -117,8 +117,8 @@ def test_epochs_count_steps_like_the_seed_dataloader():
 
 
 def test_training_on_activations_matches_the_tensor_and_records_provenance(model, train_texts):
-    from saelab.activations import as_rows
-    from saelab.collect import collect_activations
+    from saelab.activations.rows import as_rows
+    from saelab.activations.collect import collect_activations
 
     acts = collect_activations(model, train_texts[:3], layers=[1], context_length=32, progress=False)[1]
     rows = as_rows(acts).clone()
@@ -161,7 +161,7 @@ def test_nan_mid_training_names_the_first_bad_step_and_keeps_the_last_logged_wei
     """A loss that overflows at step 12 (after a finite log at step 10): the error names step 12,
     the SAE holds the weights of step 10, and the partial history is attached."""
     calls = {"n": 0}
-    import saelab.train as train_module
+    import saelab.training.trainer as train_module
     real = train_module.gather_rows
 
     def gather(source, index):
@@ -205,7 +205,7 @@ class _InterruptAt:
 
 
 def test_keyboard_interrupt_returns_the_partial_result_with_the_sae_usable(monkeypatch):
-    import saelab.train as train_module
+    import saelab.training.trainer as train_module
 
     data = _data()
     monkeypatch.setattr(train_module, "gather_rows", _InterruptAt(data, 5))
@@ -226,7 +226,7 @@ def test_keyboard_interrupt_returns_the_partial_result_with_the_sae_usable(monke
 
 
 def test_config_and_keywords_give_the_same_run_and_bad_fields_are_named():
-    from saelab.train import TrainConfig
+    from saelab.training.trainer import TrainConfig
 
     config = TrainConfig(steps=30, batch_size=32, device="cpu", progress=False, log_every=10)
     a = train_sae(TiedSAE(D, N, seed=0), _data(), config=config)
@@ -295,3 +295,24 @@ def test_plot_has_labelled_loss_and_l0_axes():
     assert labels[0] == ("training step", "loss") and labels[1][0] == "training step"
     assert "L0" in labels[1][1]
     assert len(fig.axes[0].lines[0].get_xdata()) == 4
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_is_caught_at_the_next_log(monkeypatch):
+    """An inf in W's gradient at step 7 (the loss itself stays finite): the weights are never written
+    back; training stops at the next log (step 10) naming step 7, the SAE holding step 5's weights."""
+    import saelab.training.trainer as train_module
+    real, calls = train_module.tied_gradients, {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        grads = real(*args)
+        if calls["n"] == 7:
+            grads[0][0, 0, 0] = float("inf")          # W's gradient only
+        return grads
+    reference = _train(steps=5, batch_size=8, log_every=5)
+    monkeypatch.setattr(train_module, "tied_gradients", poisoned)
+    sae = TiedSAE(D, N, seed=0)
+    with pytest.raises(FloatingPointError, match=r"a gradient became NaN or inf \(logged loss nan\) at step 7; .*\(after step 5\)"):
+        train_sae(sae, _data(), steps=30, batch_size=8, seed=0, device="cpu", progress=False, log_every=5)
+    for p, q in zip(sae.parameters(), reference.sae.parameters()):
+        assert torch.equal(p, q)

@@ -89,7 +89,9 @@ def test_check_layer():
 
 
 def test_check_layers():
-    assert v.check_layers("layers", 1, 4) == (1,) and v.check_layers("layers", [3, 0, -1], 4) == (3, 0)
+    assert v.check_layers("layers", 1, 4) == (1,) and v.check_layers("layers", [3, 0, -2], 4) == (3, 0, 2)
+    _refuses(v.check_layers, "layers", [3, 0, -1], 4, match=r"^layers: expected distinct layers, got layer 3 twice")
+    _refuses(v.check_layers, "layers", [1, 1], 4, match=r"^layers: expected distinct layers, got layer 1 twice")
     assert v.check_layers("layers", (np.int64(2),), 4) == (2,) and v.check_layers("layers", np.array([0, 1]), 4) == (0, 1)
     _refuses(v.check_layers, "layers", [1.0], 4, match=r"^layers\[0\]: expected an int \(a layer number")  # a type error
     _refuses(v.check_layers, "layers", [0, 9], 4, match=r"^layers\[1\]: expected an int in \[0, 3\]")
@@ -128,7 +130,7 @@ def test_check_hook(model):
 # --------------------------------------------------------------------------- rows
 
 def test_check_rows_and_activations(model):
-    from saelab.collect import collect_activations
+    from saelab.activations.collect import collect_activations
 
     rows = torch.randn(5, 3)
     assert v.check_rows("x", rows) == 5 and v.check_rows("x", rows, width=3) == 5
@@ -154,3 +156,66 @@ def test_check_index():
     _refuses(v.check_index, "index", [-1], 3, match=r"^index: row numbers must be in \[0, 3\)")
     for bad in (torch.tensor([0.0]), torch.tensor([[0]]), torch.tensor([True]), "0", 1):
         _refuses(v.check_index, "index", bad, 3, match=r"^index: expected a 1-D integer tensor of row numbers, got ")
+
+
+# --------------------------------------------------------------------------- validated once, at the door
+
+def _validate_entries(call, watched) -> list[str]:
+    """The validate.py functions entered from outside validate.py, during `call()`, with `watched` among
+    their arguments (sys.setprofile sees every Python call)."""
+    import sys
+    entries = []
+
+    def profile(frame, event, arg):
+        if event != "call" or frame.f_code.co_filename != v.__file__:
+            return
+        if frame.f_back is not None and frame.f_back.f_code.co_filename == v.__file__:
+            return                                     # a check calling another check: one entry
+        if any(value is watched for value in frame.f_locals.values()):
+            entries.append(frame.f_code.co_name)
+    sys.setprofile(profile)
+    try:
+        call()
+    finally:
+        sys.setprofile(None)
+    return entries
+
+
+@pytest.mark.parametrize("kind", ["tensor", "Activations"])
+def test_the_sweep_checks_its_activations_once(model, train_texts, kind):
+    """sparsity_sweep -> train_stacked -> evaluate: `activations` enters validate.py at the door only."""
+    import saelab
+    acts = saelab.collect_activations(model, train_texts[:2], 1, max_tokens=200, progress=False)[1]
+    rows = acts if kind == "Activations" else acts.rows.clone()
+    held_out = saelab.collect_activations(model, train_texts[2:4], 1, max_tokens=100, progress=False)[1]
+    entries = _validate_entries(lambda: saelab.sparsity_sweep(rows, coefs=[0.5, 1.0], eval_activations=held_out,
+                                                              steps=3, progress=False), rows)
+    assert entries == ["check_rows", "row_width"], entries     # the rows at the door, then their width: twice
+
+
+def test_the_door_still_refuses_what_the_inside_trusts():
+    import saelab
+    with pytest.raises(ValueError, match=r"activations: expected a single-layer Activations or a float tensor"):
+        saelab.sparsity_sweep(torch.zeros(10, 4, dtype=torch.int64), coefs=[1.0], steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"eval_activations: expected rows of width d_model = 4"):
+        saelab.sparsity_sweep(torch.zeros(10, 4), coefs=[1.0], eval_activations=torch.zeros(3, 5), steps=1,
+                              progress=False)
+
+
+def test_new_checks_name_the_argument():
+    def refuses(fn, *args, match):
+        with pytest.raises(ValueError, match=match):
+            fn(*args)
+    refuses(v.check_choice, "kind", "poetry", ("prose", "code"), match=r"^kind: expected one of \['prose', 'code'\]")
+    assert v.check_choice("kind", None, ("prose",), allow_none=True) is None
+    refuses(v.check_choice, "flag", 1, (True, False), match=r"^flag: expected one of")   # 1 is not True here
+    assert v.check_context_length("context_length", None, 256) == 256
+    refuses(v.check_context_length, "context_length", 300, 256, match=r"at most the model's n_ctx \(256\)")
+    refuses(v.check_context_length, "context_length", 1, 256, match=r"an int >= 2")
+    assert v.check_row("row", -1, 5) == 4 and v.check_row("row", torch.tensor(2), 5) == 2
+    refuses(v.check_row, "row", 5, 5, match=r"^row: expected an int in \[0, 5\)")
+    refuses(v.check_path, "cache_dir", 3, match=r"^cache_dir: expected a path, got int 3")
+    weight = torch.zeros(3, 4)
+    refuses(v.check_sae_input, "x", torch.zeros(2, 4, dtype=torch.float64), 4, "d_in", weight,
+            match=r"expected torch.float32 on cpu \(the SAE's dtype and device\), got torch.float64")
+    refuses(v.check_sae_input, "x", torch.full((2, 4), float("nan")), 4, "d_in", weight, match="finite values")

@@ -3,9 +3,11 @@
 Reproduce (about a minute on 2 CPU cores, needs sae_lens):
     python tools/train_reference_sae.py                       # -> saelab/assets/reference/tiny_layer2_standard/
     python tools/train_reference_sae.py --l1 5 --epochs 2 --out /tmp/try   # a quick try elsewhere
+    python tools/train_reference_sae.py --remeasure           # the shipped SAE's held-out numbers only
 
 What it does: collects layer 2 `resid_post` of tiny on ALL shipped training texts (saelab's
-`collect_activations`, BOS rows dropped, each text its own sequence cut to n_ctx = 256), then runs
+`collect_activations`, BOS rows dropped, each text its own sequence: the shipped SAE was trained on
+texts cut to n_ctx = 256, before collection split long texts into 256-token windows), then runs
 SAELens's `SAETrainer` on those rows: SAELens's standard architecture (`StandardTrainingSAE`:
 untied W_enc / W_dec, b_dec subtracted from the input, L1 penalty weighted by decoder norms,
 decoder init norm 0.1), activations normalised by SAELens's `expected_average_only_in` scaler
@@ -105,10 +107,11 @@ on far more of tiny's text than the lab uses. Rebuilt by `python tools/train_ref
 
 - Architecture: SAELens `standard` (untied W_enc [128, {info['d_sae']}] / W_dec [{info['d_sae']}, 128],
   b_enc, b_dec; ReLU; `apply_b_dec_to_input` true), fp32, {info['size_kb']:.0f} kB of weights.
-- Hook: `blocks.2.hook_resid_post` of tiny (BOS rows excluded, each text cut to 256 tokens).
+- Hook: `blocks.2.hook_resid_post` of tiny (BOS rows excluded; trained with each text cut to 256
+  tokens, measured below on every token, long texts in 256-token windows as saelab now collects them).
 - Data: all {info['n_texts']} shipped training texts = {info['n_rows']:,} rows, {info['epochs']} epochs:
-  {info['tokens']:,} training tokens in {info['steps']:,} steps of {info['batch_size']} (the lab trains on
-  20,000 rows for 300 steps of 256 = 76,800 tokens).
+  {info['tokens']:,} training tokens in {info['steps']:,} steps of {info['batch_size']} (the lab trains one
+  epoch over its rows: about 219,000 tokens).
 - Trainer: `sae_lens.SAETrainer` {info['sae_lens_version']} (Adam lr {info['lr']} with warm-up and decay,
   L1 coefficient {info['l1']} with warm-up, `expected_average_only_in` normalisation folded in), seed
   {info['seed']}, {info['seconds']:.0f} s on CPU ({info['threads']} thread(s)).
@@ -132,6 +135,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--remeasure", action="store_true",
+                        help="keep the weights in --out; measure the held-out numbers again (card and cfg.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -141,19 +146,22 @@ def main(argv=None) -> None:
 
     model = saelab.load_model("tiny", device="cpu")
     train_texts, test_texts = saelab.load_texts("train"), saelab.load_texts("test")
-    rows = saelab.collect_activations(model, train_texts, [LAYER], hook=HOOK, progress=False)[LAYER].rows
-    sae, steps, seconds = train(rows, args, sae_lens_metadata(model))
-    save(sae, args.out)
-
+    cfg_file = args.out / "cfg.json"
+    if args.remeasure:   # the shipped weights as they are; only the held-out numbers are measured again
+        info = json.loads(cfg_file.read_text(encoding="utf-8"))["metadata"]["saelab_reference"]
+    else:
+        rows = saelab.collect_activations(model, train_texts, [LAYER], hook=HOOK, progress=False)[LAYER].rows
+        sae, steps, seconds = train(rows, args, sae_lens_metadata(model))
+        save(sae, args.out)
+        info = dict(d_sae=args.d_sae, n_texts=len(train_texts), n_rows=len(rows), epochs=args.epochs,
+                    tokens=steps * args.batch_size, steps=steps, batch_size=args.batch_size, lr=args.lr,
+                    l1=args.l1, seed=args.seed, seconds=seconds, threads=args.threads,
+                    sae_lens_version=sae_lens.__version__,
+                    size_kb=(args.out / "sae_weights.safetensors").stat().st_size / 1024)
     ref = saelab.load_sae(args.out, device="cpu")
     test_acts = saelab.collect_activations(model, test_texts, [LAYER], hook=HOOK, progress=False)[LAYER]
-    info = dict(d_sae=args.d_sae, n_texts=len(train_texts), n_rows=len(rows), epochs=args.epochs,
-                tokens=steps * args.batch_size, steps=steps, batch_size=args.batch_size, lr=args.lr, l1=args.l1,
-                seed=args.seed, seconds=seconds, threads=args.threads, sae_lens_version=sae_lens.__version__,
-                size_kb=(args.out / "sae_weights.safetensors").stat().st_size / 1024,
-                n_test_texts=len(test_texts), eval=saelab.evaluate(ref, test_acts).as_dict(),
+    info.update(n_test_texts=len(test_texts), eval=saelab.evaluate(ref, test_acts).as_dict(),
                 ce_loss=saelab.ce_loss_recovered(model, ref, test_texts, layer=LAYER, hook=HOOK).as_dict())
-    cfg_file = args.out / "cfg.json"
     cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     cfg["metadata"]["saelab_reference"] = info
     write_atomic(cfg_file, json.dumps(cfg, indent=2))

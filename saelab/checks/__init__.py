@@ -13,12 +13,12 @@ usual mistake. Importing this module makes a CheckFailed show as "❌ <check> (e
 <message>" without a stack trace, in any Jupyter kernel or IPython shell and in plain Python
 (see `saelab.checks.core`); the cell or script still fails.
 """
-from .core import EXERCISES, FAIL, PASS, CheckFailed, failure_text, install_handlers
-from .fvu import check_fvu
-from .pairs import check_top_pairs
-from .rows import CHECK_TEXTS, check_activations
-from .sae_class import check_sae
-from .training_loop import check_training_loop
+from saelab.checks.core import EXERCISES, FAIL, PASS, CheckFailed, failure_text, install_handlers
+from saelab.checks.fvu import check_fvu
+from saelab.checks.pairs import check_top_pairs
+from saelab.checks.rows import CHECK_TEXTS, check_activations
+from saelab.checks.sae_class import check_sae
+from saelab.checks.training_loop import check_training_loop
 
 __all__ = ["CheckFailed", "PASS", "FAIL", "EXERCISES", "CHECK_TEXTS", "failure_text", "check_sae",
            "check_activations", "check_training_loop", "check_top_pairs", "check_fvu"]

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .core import call, fail, passed
+from saelab.checks.core import call, fail, passed
 
 CHECK = "check_fvu"
 
@@ -18,7 +18,7 @@ CHECK = "check_fvu"
 def _data():
     """x [64, 8] far from zero mean, with a different mean and scale per dimension, and a TiedSAE whose
     reconstruction x_hat = mean + 0.64 (x - mean) leaves FVU = 0.36^2 unexplained: (sae, x, x_hat)."""
-    from ..sae import TiedSAE
+    from saelab.sae.tied import TiedSAE
 
     g = torch.Generator().manual_seed(6)
     x = torch.randn(64, 8, generator=g) * torch.linspace(0.5, 3, 8) + torch.linspace(-4, 8, 8)
@@ -54,7 +54,7 @@ def _mistakes(x, x_hat) -> dict[str, float]:
 def check_fvu(fvu) -> None:
     """Exercise 5: check `fvu(x, x_hat) -> float` (x, x_hat [n, d_model]) against
     `saelab.evaluate(...).fvu` on rows [64, 8] whose dimensions have different means."""
-    from ..metrics import evaluate
+    from saelab.metrics import evaluate
 
     sae, x, x_hat = _data()
     want = evaluate(sae, x).fvu

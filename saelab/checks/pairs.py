@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from .core import call, fail, passed
+from saelab.checks.core import call, fail, passed
+from saelab.utils import active
 
 CHECK = "check_top_pairs"
 K, MIN_DENSITY = 6, 0.01
@@ -71,8 +72,8 @@ def _check_ids(got, ref, features) -> None:
         fail(CHECK, f"feature {RARE} is active on {density:.1%} of the rows, below min_density = {MIN_DENSITY}: keep "
                     "only features active on more than min_density of the rows, the fraction of rows where it is "
                     "> 0: (features > 0).float().mean(0) > min_density.")
-    active = torch.nonzero((features > 0).float().mean(0) > MIN_DENSITY).flatten().tolist()
-    if all(j < len(active) for _, j in keys) and {(active[i], active[j]) for i, j in keys} == ref_keys:
+    active_ids = torch.nonzero(active(features).float().mean(0) > MIN_DENSITY).flatten().tolist()
+    if all(j < len(active_ids) for _, j in keys) and {(active_ids[i], active_ids[j]) for i, j in keys} == ref_keys:
         fail(CHECK, "the ids are positions among the frequently active features, not feature ids: map them back with "
                     "active[i], active[j].")
     fail(CHECK, f"the pairs {sorted(keys)} differ from the reference {sorted(ref_keys)}. Correlate feature COLUMNS "
@@ -82,14 +83,14 @@ def _check_ids(got, ref, features) -> None:
 def check_top_pairs(top_pairs) -> None:
     """Exercise 4: check `top_pairs(features, k, min_density) -> [(i, j, corr), ...]` against
     `saelab.experiments.top_correlated_pairs` on fixed features [400, 11] (with a dead and a rare one)."""
-    from ..experiments.correlation import top_correlated_pairs
+    from saelab.experiments.correlation import top_correlated_pairs
 
     features = pair_features()
     ref = top_correlated_pairs(features, k=K, min_density=MIN_DENSITY)
     got = _as_pairs(call(CHECK, f"top_pairs(features, k={K}, min_density={MIN_DENSITY})", top_pairs, features,
                          k=K, min_density=MIN_DENSITY))
     _check_distinct(got)
-    m = int(((features > 0).float().mean(0) > MIN_DENSITY).sum())
+    m = int((active(features).float().mean(0) > MIN_DENSITY).sum())
     every = top_correlated_pairs(features, k=m * (m - 1) // 2, min_density=MIN_DENSITY)
     if len(got) != K:
         extra = " (all of them: take the first k after sorting)" if len(got) == len(every) else ""

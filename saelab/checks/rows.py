@@ -10,7 +10,7 @@ import functools
 
 import torch
 
-from .core import as_tensor, call, close, fail, passed
+from saelab.checks.core import as_tensor, call, close, fail, passed
 
 CHECK = "check_activations"
 CHECK_TEXTS = ("The quick brown fox jumps over the lazy dog.", "def add(a, b):\n    return a + b")
@@ -21,7 +21,7 @@ HOOKS = {"resid_pre": "the block's input", "resid_mid": "after attention, before
 def _rows(model, texts: tuple[str, ...], layer: int, hook: str = "resid_post"):
     """saelab's rows of `hook` at `layer`, BOS rows kept: (rows [n, d_model], position [n]). Cached, so
     running a check again (as a student does after each fix) costs only the student's function."""
-    from ..collect import collect_activations
+    from saelab.activations.collect import collect_activations
 
     acts = collect_activations(model, list(texts), [layer], hook=hook, exclude_bos=False, progress=False)
     return acts[layer].rows.float(), acts[layer].position

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .core import as_tensor, call, close, fail, passed
+from saelab.checks.core import as_tensor, call, close, fail, passed
 
 D, N = 16, 48          # d_model and n_features of the check's SAE
 CHECK = "check_sae"
@@ -19,7 +19,7 @@ CHECK = "check_sae"
 
 def _reference():
     """A TiedSAE with non-zero biases (so forgetting one shows) and fixed inputs x [12, D]."""
-    from ..sae import TiedSAE
+    from saelab.sae.tied import TiedSAE
 
     ref = TiedSAE(D, N, seed=0)
     g = torch.Generator().manual_seed(1)

@@ -13,7 +13,7 @@ import numbers
 
 import torch
 
-from .core import call, close, fail, passed
+from saelab.checks.core import call, close, fail, passed
 
 CHECK = "check_training_loop"
 SETTINGS = dict(lr=1e-2, batch_size=16, epochs=2, seed=3)
@@ -36,14 +36,14 @@ def _data():
 
 
 def _new_sae():
-    from ..sae import TiedSAE
+    from saelab.sae.tied import TiedSAE
     return TiedSAE(D, N, seed=4)
 
 
 @functools.lru_cache(maxsize=32)
 def _replay(coef: float, variant: str | None = None):
     """The reference loop on `_data()`, or one usual mistake in it: (state_dict, losses). Cached."""
-    from ..train import batch_indices
+    from saelab.training.trainer import batch_indices
 
     rows = _data()
     sae = _new_sae()
@@ -67,7 +67,7 @@ def _replay(coef: float, variant: str | None = None):
 @functools.lru_cache(maxsize=4)
 def _trained(coef: float) -> dict:
     """The weights `saelab.train_sae` reaches with SETTINGS on `_data()` (cached)."""
-    from ..train import train_sae
+    from saelab.training.trainer import train_sae
 
     ref = _new_sae()
     train_sae(ref, _data(), sparsity_coef=coef, device="cpu", progress=False, **SETTINGS)

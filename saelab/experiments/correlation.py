@@ -1,4 +1,5 @@
-"""Exercise 2, co-activating features: Pearson correlation of SAE features across tokens.
+"""Exercise 4 of the lab (the original notebook's second), co-activating features: Pearson correlation
+of SAE features across tokens.
 
 The original notebook builds the dense [n_tokens, n_features] feature matrix and calls `np.corrcoef`. Here the
 features are encoded batch by batch and only float64 sums and cross products of the selected
@@ -13,18 +14,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from saelab.activations import iter_row_batches
-from saelab.metrics import evaluate
+from saelab.activations.rows import iter_row_batches
+from saelab.metrics import evaluate_unchecked
 from saelab.models import accumulation
 from saelab.results import Result, fmt, pct
-from saelab.sae_interface import as_sae
-from saelab.utils import describe, progress_bar
-from saelab.validate import check_float, check_int, check_rows
+from saelab.sae.interface import as_sae
+from saelab.utils import active, describe, progress_bar
+from saelab.validate import check_fraction, check_int, check_rows
 
 PAIR_COLUMNS = ("feature_i", "feature_j", "correlation", "decoder_cosine", "density_i", "density_j")
 NOTEBOOK_MIN_DENSITY = 0.01  # the original notebook keeps features active on more than 1% of tokens
 NOTEBOOK_TOP_K = 10
-NOTEBOOK_MAX_HEATMAP = 100   # it draws the matrix only when it has at most 100 features
 HEATMAP_FEATURES = 40        # what `heatmap` shows by default: tick labels stay readable (>= 8 pt)
 HEATMAP_TICK_PT = 8.0
 _CONSTANT_TOL = 1e-12    # variance below this fraction of the second moment counts as constant
@@ -90,17 +90,17 @@ def _selected(density: torch.Tensor, min_density: float) -> np.ndarray:
 def top_correlated_pairs(features: torch.Tensor, k: int = NOTEBOOK_TOP_K,
                          min_density: float = NOTEBOOK_MIN_DENSITY) -> list[tuple[int, int, float]]:
     """The k most correlated feature pairs of a dense feature matrix [n_tokens, n_features], as
-    [(i, j, corr)] with i < j feature ids, highest first, among features active (> 0) on more than
-    `min_density` of the rows; constant features are left out. The reference for `check_top_pairs`;
+    [(i, j, corr)] with i < j feature ids, highest first, among features active (`utils.active`: != 0)
+    on more than `min_density` of the rows; constant features are left out. The reference for `check_top_pairs`;
     `feature_correlation` computes the same from an SAE and activations in streaming batches."""
     if not isinstance(features, torch.Tensor) or features.ndim != 2 or not features.is_floating_point():
         raise ValueError(f"features: expected a float tensor [n_tokens, n_features], got {describe(features)}")
     if features.shape[0] == 0:
         raise ValueError("features: expected at least one row, got 0 rows")
     check_int("k", k, minimum=1)
-    min_density = check_float("min_density", min_density, minimum=0.0)
+    min_density = check_fraction("min_density", min_density, open_high=True)
     dtype, _ = accumulation(features.device)
-    ids = _selected((features > 0).to(dtype).mean(dim=0), min_density)
+    ids = _selected(active(features).to(dtype).mean(dim=0), min_density)
     moments = _Comoments(len(ids), features.device)
     moments.add(features[:, torch.as_tensor(ids, dtype=torch.int64, device=features.device)])
     corr, constant = moments.correlation()
@@ -150,7 +150,7 @@ class CorrelationResult(Result):
                 f"{pct(self.min_density)} of {self.n_tokens:,} tokens{const}; top pair {int(top.feature_i)} ↔ "
                 f"{int(top.feature_j)} (r = {fmt(top.correlation)}, decoder cosine {fmt(top.decoder_cosine)})")
 
-    def heatmap_features(self, max_features: int = NOTEBOOK_MAX_HEATMAP) -> np.ndarray:
+    def heatmap_features(self, max_features: int = HEATMAP_FEATURES) -> np.ndarray:
         """The feature ids `heatmap` shows: all when at most max_features passed, else the features of
         the top pairs first, then the most active ones, up to max_features; sorted by id."""
         check_int("max_features", max_features, minimum=2)
@@ -223,10 +223,10 @@ def _wrap(text: str, width: int) -> list[str]:
 def feature_correlation(sae, activations, min_density: float = NOTEBOOK_MIN_DENSITY, top_k: int = NOTEBOOK_TOP_K,
                         batch_size: int = 4096, progress: bool = True) -> CorrelationResult:
     """Which features fire together: Pearson correlation of feature activations across tokens (the
-    original notebook's exercise 2), among the features active on more than `min_density` of the
-    tokens (its 1%), and the `top_k` (10) most correlated distinct pairs.
+    lab's exercise 4, the original notebook's second), among the features active on more than
+    `min_density` of the tokens (its 1%), and the `top_k` (10) most correlated distinct pairs.
 
-    sae: any SAE with saelab's SAE interface (`sae_interface.as_sae`).
+    sae: any SAE with saelab's SAE interface (`saelab.as_sae`).
     activations: a single-layer `Activations` or a float tensor [n_tokens, d_in], read twice in
     batches of `batch_size`: once for the densities (`metrics.evaluate`), once for float64 sums and
     cross products of the selected features (memory [m, m], independent of n_tokens). Equals
@@ -236,13 +236,11 @@ def feature_correlation(sae, activations, min_density: float = NOTEBOOK_MIN_DENS
     """
     sae = as_sae("sae", sae)
     n = check_rows("activations", activations, sae.d_in)
-    min_density = check_float("min_density", min_density, minimum=0.0)
-    if min_density >= 1:
-        raise ValueError(f"min_density: expected a fraction of tokens in [0, 1), got {min_density!r}")
+    min_density = check_fraction("min_density", min_density, open_high=True)
     check_int("top_k", top_k, minimum=1)
     check_int("batch_size", batch_size, minimum=1)
 
-    density = evaluate(sae, activations, batch_size=batch_size).feature_density    # [n_features]
+    density = evaluate_unchecked(sae, activations, batch_size).feature_density    # [n_features]
     ids = _selected(density, min_density)
     weight = sae.W_dec
     moments = _Comoments(len(ids), weight.device)

@@ -1,4 +1,5 @@
-"""Exercise 3, early vs late layers: one SAE per layer on activations collected in one pass.
+"""Exercise 5 of the lab (the original notebook's third), early vs late layers: one SAE per layer on
+activations collected in one pass.
 
 The seed compares layers 2 and 10 of GPT-2 small's 12 by raw reconstruction loss; the residual
 stream's norm grows with depth, so raw MSE is not comparable across layers. The table reports the
@@ -8,22 +9,22 @@ original notebook's layers onto a model of any depth.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
-from saelab.activations import Activations, iter_row_batches
-from saelab.collect import collect_activations
+from saelab.activations.rows import Activations, iter_row_batches
+from saelab.activations.collect import collect_activations
 from saelab.data import TEST_PROMPTS
-from saelab.experiments.sparsity import NOTEBOOK_FEATURES_PER_DIM, NOTEBOOK_LOOP
-from saelab.metrics import EvalResult, evaluate
+from saelab.experiments.runs import NOTEBOOK_FEATURES_PER_DIM, NOTEBOOK_LOOP, TrainedSAEs
+from saelab.metrics import evaluate_unchecked
 from saelab.models import accumulation
-from saelab.results import Result, format_table, fmt
-from saelab.sae import TiedSAE
-from saelab.train import train_stacked
-from saelab.train_config import TrainConfig, experiment_config
-from saelab.utils import describe, progress_bar
+from saelab.results import format_table, fmt
+from saelab.sae.tied import TiedSAE
+from saelab.training.trainer import train_stacked
+from saelab.training.config import TrainConfig, experiment_config
+from saelab.utils import active, describe, progress_bar
 from saelab.validate import check_float, check_int, check_layers, check_model
 
 NOTEBOOK_N_LAYERS = 12          # GPT-2 small, the original notebook's model
@@ -64,28 +65,20 @@ def notebook_layer(n_layers) -> int:
 # The old names (until saelab.experiments, the lab and the checks say notebook_*).
 
 
-@dataclass(repr=False)
-class LayerComparison(Result):
-    """What `compare_layers` returns.
+@dataclass(repr=False, kw_only=True)
+class LayerComparison(TrainedSAEs):
+    """What `compare_layers` returns: `TrainedSAEs` keyed by layer, and
 
     table: one row per layer: layer, activation_norm (mean L2 norm of a row), mse, fvu,
         explained_variance, l0, dead_fraction, top_features (the 5 with the highest mean activation),
         evaluated_on, n_tokens.
     prompt_table: one row per (prompt, layer): the number of active features at the prompt's last
         token and the strongest feature with its value.
-    saes: layer -> trained TiedSAE; histories: layer -> training history; metrics: layer -> EvalResult;
     activations: the collected training activations (all layers; `activations[layer]` for one).
     """
     table: pd.DataFrame
     prompt_table: pd.DataFrame
-    saes: dict[int, TiedSAE]
-    histories: dict[int, pd.DataFrame]
-    metrics: dict[int, EvalResult]
     activations: Activations
-    evaluated_on: str
-    settings: dict = field(default_factory=dict)
-    seconds: float = 0.0
-    interrupted: bool = False
 
     def summary(self) -> str:
         t = self.table
@@ -173,7 +166,7 @@ def _prompt_rows(model, saes: dict[int, TiedSAE], hook: str, prompts: dict[str, 
             features = sae.encode_unchecked(cache[names[layer]][0, -1].to(device=weight.device, dtype=weight.dtype))
             value, strongest = features.max(dim=0)
             rows.append({"prompt_name": name, "prompt": prompt, "layer": layer,
-                         "n_active": int((features > 0).sum()), "strongest_feature": int(strongest),
+                         "n_active": int(active(features).sum()), "strongest_feature": int(strongest),
                          "strongest_value": float(value)})
     return rows
 
@@ -181,10 +174,10 @@ def _prompt_rows(model, saes: dict[int, TiedSAE], hook: str, prompts: dict[str, 
 def compare_layers(model, texts, layers=None, test_prompts=None, n_features: int | None = None,
                    sparsity_coef: float = NOTEBOOK_LAYER_COEF, epochs: int | None = None,
                    batch_size: int | None = None, max_tokens: int | None = None, eval_texts=None,
-                   seed: int = 0, progress: bool = True, device=None, steps: int | None = None,
+                   seed: int | None = None, progress: bool = True, device=None, steps: int | None = None,
                    lr: float | None = None, config: TrainConfig | None = None,
                    eval_max_tokens: int | None = None) -> LayerComparison:
-    """Train one SAE per layer and compare the layers (the original notebook's exercise 3).
+    """Train one SAE per layer and compare the layers (the lab's exercise 5, the original notebook's third).
 
     model: a HookedTransformer (e.g. `saelab.load_model("tiny")`); texts: the texts to collect
     `resid_post` rows from, for all `layers` in ONE forward pass per batch (`collect_activations`).
@@ -193,9 +186,10 @@ def compare_layers(model, texts, layers=None, test_prompts=None, n_features: int
     batches of 64, the four TEST_PROMPTS. steps: exactly that many batches instead of `epochs`.
     max_tokens caps the rows collected; eval_texts: measure on held-out texts instead of the training
     rows (the notebook measures on its training rows), at most eval_max_tokens of them.
-    config: a `TrainConfig` instead of the notebook's loop (e.g. `TrainConfig.lab()`); epochs, steps,
-    lr and batch_size, when given, override its fields; seed, device and progress come from their
-    arguments.
+    layers: distinct layers (a repeated layer is a ValueError naming it).
+    config: a `TrainConfig` instead of the notebook's loop (e.g. `TrainConfig.lab()`). Its fields win:
+    seed (None: 0 without a config), epochs, steps, lr or batch_size given as well must equal them
+    (else ValueError); device (when given) and progress apply either way.
     The SAEs train together in one stacked model (same results as one `train_sae` per layer).
     Returns a `LayerComparison` (.table with FVU, .prompt_table, .plot(), .saes).
     """
@@ -210,7 +204,7 @@ def compare_layers(model, texts, layers=None, test_prompts=None, n_features: int
     acts = collect_activations(model, texts, list(layer_list), max_tokens=max_tokens, progress=progress)
     held_out = None if eval_texts is None else collect_activations(model, eval_texts, list(layer_list),
                                                                    max_tokens=eval_max_tokens, progress=progress)
-    saes = [TiedSAE(acts.width, n_features, seed=seed) for _ in layer_list]
+    saes = [TiedSAE(acts.width, n_features, seed=config.seed) for _ in layer_list]
     run = train_stacked(saes, [acts[layer] for layer in layer_list], [coef] * len(layer_list), config,
                         trainer="saelab.compare_layers (stacked)", desc="layer SAEs",
                         names=[f"activations of layer {layer}" for layer in layer_list])
@@ -218,7 +212,7 @@ def compare_layers(model, texts, layers=None, test_prompts=None, n_features: int
     evaluated_on = "training data" if held_out is None else "held-out"
     rows, metrics = [], {}
     for layer, sae in zip(progress_bar(layer_list, progress=progress, desc="evaluating", unit="layer"), saes):
-        metrics[layer] = m = evaluate(sae, target[layer])
+        metrics[layer] = m = evaluate_unchecked(sae, target[layer])
         norm, top = _norm_and_top_features(sae, target[layer], N_TOP_FEATURES)
         rows.append({"layer": layer, "activation_norm": norm, "mse": m.mse, "fvu": m.fvu,
                      "explained_variance": m.explained_variance, "l0": m.l0, "dead_fraction": m.dead_fraction,
@@ -227,7 +221,7 @@ def compare_layers(model, texts, layers=None, test_prompts=None, n_features: int
     meta = saes[0].metadata
     settings = {"model_name": acts.model_name, "layers": layer_list, "n_features": n_features, "sparsity_coef": coef,
                 "lr": meta["lr"], "batch_size": config.batch_size, "epochs": meta["epochs"], "steps": meta["steps"],
-                "seed": seed, "n_train_tokens": len(acts)}
+                "seed": config.seed, "n_train_tokens": len(acts)}
     return LayerComparison(table=pd.DataFrame(rows), prompt_table=pd.DataFrame(_prompt_rows(model, by_layer, acts.hook,
                                                                                             prompts)),
                            saes=by_layer, histories=dict(zip(layer_list, run.histories)), metrics=metrics,

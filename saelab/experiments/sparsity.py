@@ -1,55 +1,43 @@
-"""Exercise 1, the sparsity sweep: one tied SAE per sparsity coefficient, all trained at once.
+"""Exercise 3 of the lab (the original notebook's first), the sparsity sweep: one tied SAE per sparsity
+coefficient, all trained at once.
 
-The coefficients' SAEs train together in the one trainer core (`saelab.train.train_stacked`: a
+The coefficients' SAEs train together in the one trainer core (`saelab.training.trainer.train_stacked`: a
 stacked model on the same mini-batches that `train_sae` would use), so the results equal N separate
 `train_sae` runs, bit for bit, in a fraction of the time.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from saelab.activations import Activations, width_of
-from saelab.metrics import EvalResult, ce_loss_recovered_many, evaluate
-from saelab.results import Result, fmt
-from saelab.sae import TiedSAE
-from saelab.train import train_stacked
-from saelab.train_config import TrainConfig, experiment_config
+from saelab.activations.collect import probe_width
+from saelab.activations.rows import Activations
+from saelab.metrics import ce_loss_recovered_many, evaluate_unchecked
+from saelab.experiments.runs import NOTEBOOK_FEATURES_PER_DIM, NOTEBOOK_LOOP, TrainedSAEs
+from saelab.results import fmt
+from saelab.sae.tied import TiedSAE
+from saelab.training.trainer import train_stacked
+from saelab.training.config import TrainConfig, experiment_config
 from saelab.utils import progress_bar
-from saelab.validate import check_coefs, check_float, check_int, check_layer, check_rows, check_texts
+from saelab.validate import (check_coefs, check_float, check_hook, check_int, check_layer, check_model, check_rows,
+                             check_texts, row_width)
 
-#: The original notebook's sweep: coefficients, epochs over its rows, Adam lr, batch size, dictionary size.
+#: The original notebook's sweep coefficients.
 NOTEBOOK_COEFS = (1e-2, 1e-3, 1e-4)
-NOTEBOOK_EPOCHS = 50
-NOTEBOOK_LR = 1e-3
-NOTEBOOK_BATCH_SIZE = 64
-NOTEBOOK_FEATURES_PER_DIM = 4  # n_features = 4 * d_model
-#: The notebook's training loop (the experiments' default TrainConfig).
-NOTEBOOK_LOOP = {"lr": NOTEBOOK_LR, "batch_size": NOTEBOOK_BATCH_SIZE, "epochs": NOTEBOOK_EPOCHS}
 
 
-@dataclass(repr=False)
-class SweepResult(Result):
-    """What `sparsity_sweep` returns.
+@dataclass(repr=False, kw_only=True)
+class SweepResult(TrainedSAEs):
+    """What `sparsity_sweep` returns: `TrainedSAEs` keyed by coefficient, and
 
     table: one row per coefficient: coef, mse, explained_variance, fvu, l0, l1, dead_fraction,
         dense_fraction (and ce_loss_recovered, ce_loss_spliced, ce_loss_clean when a model and texts
         were given), evaluated_on ("held-out" or "training data"), n_tokens.
-    saes: coef -> trained TiedSAE (settings in `sae.metadata`); histories: coef -> DataFrame
-        (step, loss, recon, sparsity, l0 on that step's batch); metrics: coef -> EvalResult.
-    interrupted: True when Ctrl-C stopped training early (the SAEs hold the weights of the steps done).
     """
     table: pd.DataFrame
-    saes: dict[float, TiedSAE]
-    histories: dict[float, pd.DataFrame]
-    metrics: dict[float, EvalResult]
-    evaluated_on: str
-    settings: dict = field(default_factory=dict)
-    seconds: float = 0.0
-    interrupted: bool = False
 
     def summary(self) -> str:
         s = self.settings
@@ -95,9 +83,9 @@ class SweepResult(Result):
             ax.plot(t["l0"], t[column], "-", color="0.7", zorder=1)
             ax.scatter(t["l0"], t[column], c=range(len(t)), cmap="viridis", s=60, zorder=2,
                        edgecolors="black", linewidths=0.5)
-            _log_if_wide(ax.set_xscale, t["l0"])
+            _log_if_wide(ax.xaxis, t["l0"])
             if column == "fvu":
-                _log_if_wide(ax.set_yscale, t[column])
+                _log_if_wide(ax.yaxis, t[column])
             ax.set(xlabel="L0 = active features per token (lower = sparser)", ylabel=ylabel, title=title)
             ax.grid(True, which="major", alpha=0.3)
             ax.margins(0.18)
@@ -123,7 +111,7 @@ class SweepResult(Result):
         ax_recon.set(xlabel="training step", ylabel="reconstruction MSE (batch" + (", normalised rows)" if scaled else ")"),
                      title="Reconstruction", yscale="log")
         ax_l0.set(xlabel="training step", ylabel="L0 (batch)", title="Active features per token")
-        fig.suptitle(f"Training curves (on each step's batch), one line per sparsity coefficient", fontsize=12)
+        fig.suptitle("Training curves (on each step's batch), one line per sparsity coefficient", fontsize=12)
         ax_l0.legend(title="sparsity coef", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
                      fontsize=9)
         fig.tight_layout()  # makes room for the legend outside the axes
@@ -200,51 +188,60 @@ def _outside(box, frame) -> float:
     return box.width * box.height - _overlap(box, frame)
 
 
-def _log_if_wide(set_scale, values) -> None:
+def _log_if_wide(axis, values) -> None:
+    """A log scale on `axis` (ax.xaxis or ax.yaxis) when the values span more than a factor of 10,
+    ticked at 1, 2 and 5 times each power of ten in plain numbers (matplotlib's default labels every
+    minor tick as "3×10¹", and neighbours overlap)."""
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+
     values = [v for v in values if math.isfinite(v)]
     if values and min(values) > 0 and max(values) / min(values) > 10:
-        set_scale("log")
+        getattr(axis.axes, f"set_{axis.axis_name}scale")("log")
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(StrMethodFormatter("{x:g}"))
+        axis.set_minor_formatter(NullFormatter())
 
 
 def sparsity_sweep(activations, coefs=NOTEBOOK_COEFS, eval_activations=None, n_features: int | None = None,
                    epochs: int | None = None, steps: int | None = None, lr: float | None = None,
                    batch_size: int | None = None, model=None, texts=None, layer: int | None = None,
-                   seed: int = 0, progress: bool = True, device=None, config: TrainConfig | None = None
+                   seed: int | None = None, progress: bool = True, device=None, config: TrainConfig | None = None
                    ) -> SweepResult:
-    """Train one tied SAE per sparsity coefficient and compare them (the original notebook's exercise 1).
+    """Train one tied SAE per sparsity coefficient and compare them (the lab's exercise 3, the original
+    notebook's first).
 
     activations: a single-layer `Activations` or a float tensor [n_tokens, d_model] to train on.
     Defaults are the notebook's: coefs (1e-2, 1e-3, 1e-4), n_features = 4 * d_model, 50 epochs over
     the rows, Adam with lr 1e-3, batches of 64, every SAE initialised as `TiedSAE(d_model, n_features,
-    seed=seed)`. With `steps`, exactly that many batches instead of `epochs` (a quicker run).
+    seed=seed)` (seed None: 0). With `steps`, exactly that many batches instead of `epochs`.
     config: a `TrainConfig` to train with instead of the notebook's loop (e.g. `TrainConfig.lab()`,
-        the lab's recipe); epochs, steps, lr and batch_size, when given, override its fields, and
-        seed, device and progress always come from their arguments.
+        the lab's recipe). Its fields win: seed, epochs, steps, lr or batch_size given as well must
+        equal them (else ValueError); device (when given) and progress apply either way.
     eval_activations: held-out rows to measure on. Without them the SAEs are measured on their own
         training rows, as the notebook does (`result.evaluated_on` says which).
     model, texts (, layer): also measure CE loss recovered (`metrics.ce_loss_recovered`) on those
         texts; `layer` defaults to the activations' layer.
-    All SAEs train together in one stacked model on the same batches (`train.train_stacked`): the
+    All SAEs train together in one stacked model on the same batches (`training.trainer.train_stacked`): the
     numbers equal separate `train_sae` runs with the same seed, and it is several times faster.
     Ctrl-C stops training early and still evaluates the SAEs (`result.interrupted`).
     Returns a `SweepResult` (.table, .plot(), .plot_history(), .saes, .histories).
     """
     coefs = check_coefs("coefs", coefs)
     n = check_rows("activations", activations)
-    d_model = width_of(activations)
+    d_model = row_width(activations)
     n_features = check_int("n_features", n_features, minimum=1, allow_none=True) or NOTEBOOK_FEATURES_PER_DIM * d_model
     if eval_activations is not None:
         check_rows("eval_activations", eval_activations, d_model)
-    texts, layer = _check_ce_inputs(model, texts, layer, activations)
+    texts, layer = _check_ce_inputs(model, texts, layer, activations, d_model)
     config = experiment_config(config, NOTEBOOK_LOOP, seed, device, progress, lr=lr, batch_size=batch_size,
                                epochs=epochs, steps=steps)
-    saes = [TiedSAE(d_model, n_features, seed=seed) for _ in coefs]
+    saes = [TiedSAE(d_model, n_features, seed=config.seed) for _ in coefs]
     run = train_stacked(saes, [activations] * len(coefs), coefs, config, trainer="saelab.sparsity_sweep (stacked)",
                         desc="sparsity sweep")
     evaluated_on = "training data" if eval_activations is None else "held-out"
     target = activations if eval_activations is None else eval_activations
-    metrics = {coef: evaluate(sae, target) for coef, sae in
-               zip(coefs, progress_bar(saes, progress=progress, desc="evaluating", unit="SAE"))}
+    metrics = {coef: evaluate_unchecked(sae, target) for coef, sae in
+               progress_bar(list(zip(coefs, saes)), progress=progress, desc="evaluating", unit="SAE")}
     rows = [{"coef": coef, **metrics[coef].as_dict()} for coef in coefs]
     if model is not None:   # one shared clean and zero-ablated pass for all the SAEs
         for row, ce in zip(rows, ce_loss_recovered_many(model, saes, texts, layer, hook=_hook_of(activations))):
@@ -254,7 +251,7 @@ def sparsity_sweep(activations, coefs=NOTEBOOK_COEFS, eval_activations=None, n_f
     table = table[[c for c in table.columns if c != "n_tokens"] + ["n_tokens"]]
     first = saes[0].metadata
     settings = {"n_features": n_features, "d_model": d_model, "lr": first["lr"], "batch_size": config.batch_size,
-                "epochs": first["epochs"], "steps": first["steps"], "seed": seed, "n_train_tokens": n,
+                "epochs": first["epochs"], "steps": first["steps"], "seed": config.seed, "n_train_tokens": n,
                 "layer": first.get("layer"), "model_name": first.get("model_name")}
     return SweepResult(table=table, saes=dict(zip(coefs, saes)), histories=dict(zip(coefs, run.histories)),
                        metrics=metrics, evaluated_on=evaluated_on, settings=settings, seconds=run.seconds,
@@ -265,15 +262,16 @@ def _hook_of(activations) -> str:
     return activations.hook if isinstance(activations, Activations) else "resid_post"
 
 
-def _check_ce_inputs(model, texts, layer, activations) -> tuple[list[str] | None, int | None]:
+def _check_ce_inputs(model, texts, layer, activations, width: int) -> tuple[list[str] | None, int | None]:
     """(texts, layer) for CE loss recovered: both None without a model; the layer defaults to the
-    activations' and must match it, and the model's d_model must be the rows' width."""
+    activations' and must match it, and the model's hook there must give rows of the activations' width."""
     if (model is None) != (texts is None):
         given = {name: "None" if value is None else "given" for name, value in (("model", model), ("texts", texts))}
         raise ValueError("model, texts: CE loss recovered needs both the model and the texts to run it on; "
                          f"got model={given['model']}, texts={given['texts']}")
     if model is None:
         return None, None
+    check_model("model", model)
     texts = check_texts("texts", texts, allow_str=True)
     if layer is None:
         if not isinstance(activations, Activations):
@@ -283,7 +281,9 @@ def _check_ce_inputs(model, texts, layer, activations) -> tuple[list[str] | None
     layer = check_layer("layer", layer, model.cfg.n_layers)
     if isinstance(activations, Activations) and activations.layer != layer:
         raise ValueError(f"layer: the activations come from layer {activations.layer}, got layer={layer}")
-    if model.cfg.d_model != width_of(activations):
-        raise ValueError(f"model: its d_model ({model.cfg.d_model}) differs from the activations' width "
-                         f"({width_of(activations)}); pass the model the activations came from")
+    hook_name = check_hook("activations", _hook_of(activations), model, [layer])[layer]
+    hook_width = probe_width(model, hook_name, layer)
+    if hook_width != width:
+        raise ValueError(f"model: its {hook_name} gives rows of width {hook_width}, the activations' rows have "
+                         f"width {width}; pass the model the activations came from")
     return texts, layer

@@ -73,10 +73,7 @@ import torch.nn.functional as F
 from IPython.display import display
 
 import saelab
-from saelab import checks
-from saelab.experiments import notebook_layer
-from saelab.results import format_table
-from saelab.train import batch_indices
+from saelab import batch_indices, checks, format_table, notebook_layer
 
 MODEL_NAME = saelab.default_model_name()  # $SAELAB_MODEL, else "tiny" (embedded, offline)
 device = saelab.resolve_device()          # cuda, then mps, then cpu
@@ -320,7 +317,7 @@ checks.check_training_loop(train_one)
 #   instead: its MSE is saelab's times $d_{model}$.
 # - **L1** (`l1`): the mean over rows of $\sum_i |f_i|$. The training penalty `sparsity` is its mean over
 #   features, $\mathrm{mean}\,|f|$ = L1 / n_features.
-# - **L0** (`l0`): the mean number of active features ($f_i > 0$) per row: a count.
+# - **L0** (`l0`): the mean number of active features ($f_i \neq 0$; for ReLU features, $f_i > 0$) per row: a count.
 # - **FVU** (`fvu`): the fraction of variance unexplained, $\sum (x - \hat{x})^2 / \sum (x - \bar{x})^2$ with
 #   $\bar{x}$ each dimension's mean: 0 is perfect, 1 is no better than always predicting the mean row.
 # - **Explained variance** (`explained_variance`): 1 - FVU.

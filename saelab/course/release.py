@@ -1,33 +1,32 @@
 """`saelab release DIR --install-source URL_OR_WHEEL`: a folder a course can publish as is.
 
 DIR gets: dist/ (saelab's sdist and wheel, built with `python -m build --no-isolation` from the
-project that holds saelab: the wheel is built from the sdist, so no stale build/ files get in), notebooks/<lab>.ipynb (exercises) and solutions/<lab>.ipynb
-(executed, outputs cleaned) with the course's install source filled in, nbgrader/ (with
-`nbgrader=True`: an nbgrader course folder, see `saelab.grading`) and manifest.json (saelab's
-version, the install source, and each file's sha256). The solutions are checked (no drift, no
-leak) before anything is published. DIR is written atomically: everything goes into a folder
-beside it (DIR.tmp-XXXX), renamed to DIR at the end; a failed release leaves no DIR behind.
+project that holds saelab: the wheel is built from the sdist, so no stale build/ files get in),
+notebooks/<lab>.ipynb (exercises) and solutions/<lab>.ipynb (executed, outputs cleaned) with the
+course's install source filled in, nbgrader/ (with `nbgrader=True`: an nbgrader course folder, see
+`saelab.course.grading`) and manifest.json (saelab's version, the install source, and each file's
+sha256). The solutions are checked (no drift, no leak) before anything is published. DIR is written
+like every saelab folder (`files.atomic_folder`): into a pid-tagged folder beside it, swapped in at
+the end; a failed release leaves no DIR behind, and a killed one's folder is removed by the next.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from . import grading, notebooks, regenerate
-from .files import atomic_write_text
+from saelab.course import grading, notebooks, regenerate
+from saelab.files import atomic_folder, atomic_write_text
+from saelab.utils import ASSETS_DIR
 
 MANIFEST = "manifest.json"
 
 
 def project_root() -> Path:
     """The folder with saelab's pyproject.toml (a source checkout), else FileNotFoundError."""
-    root = Path(__file__).resolve().parents[1]
+    root = ASSETS_DIR.parents[1]
     if not (root / "pyproject.toml").is_file():
         raise FileNotFoundError(f"project: no pyproject.toml in {root}; release from a source checkout of saelab")
     return root
@@ -48,7 +47,7 @@ def build_wheel(project: str | Path, out: str | Path) -> Path:
 
 def manifest(folder: Path, install_source: str) -> dict:
     """saelab's version, the install source, and {relative path: sha256} of every file under `folder`."""
-    from . import __version__
+    from saelab import __version__
     files = {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
     return {"saelab_version": __version__, "install_source": install_source, "files": files}
@@ -73,10 +72,8 @@ def release(folder: str | Path, install_source: str, sources=None, nbgrader: boo
     if not isinstance(install_source, str) or not install_source.strip():
         raise ValueError(f"install_source: expected a wheel path or URL, got {install_source!r}")
     _check_folder(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f"{folder.name}.tmp-"))
-    try:
-        if wheel:
+    with atomic_folder(folder) as work:   # built beside `folder`, swapped in whole; a killed release's
+        if wheel:                         # temp folder is reclaimed by the next one (files.reclaim_stale)
             build_wheel(project_root() if project is None else project, work / "dist")
         notebooks.build(work, sources, install_source)
         regenerate.execute(work, sources, model=model, timeout=timeout, install_source=install_source)
@@ -87,10 +84,4 @@ def release(folder: str | Path, install_source: str, sources=None, nbgrader: boo
             grading.build_nbgrader(work / "nbgrader", sources, install_source)
         text = json.dumps(manifest(work, install_source), indent=1, sort_keys=True) + "\n"
         atomic_write_text(work / MANIFEST, text)
-        if folder.is_dir():
-            folder.rmdir()  # empty (checked above)
-        os.replace(work, folder)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return folder

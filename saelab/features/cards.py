@@ -16,11 +16,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from saelab.activations import Activations, gather_rows, iter_row_batches
+from saelab.activations.rows import Activations, gather_rows, iter_row_batches
 from saelab.files import atomic_write_text
 from saelab.results import Result, fmt, pct
-from saelab.sae_interface import as_sae
-from saelab.utils import token_text, visible_token
+from saelab.sae.interface import as_sae
+from saelab.utils import active, token_text, visible_token
 from saelab.validate import check_feature, check_int, check_model, check_rows
 
 EXAMPLE_COLUMNS = ("row", "text_index", "position", "token", "activation", "context")
@@ -71,10 +71,10 @@ def _scan(sae, activations, feature: int, k: int, keep_values: bool = False,
         values = _feature_values(sae, batch, feature).float().cpu()
         rows = torch.arange(start, start + len(values))
         start += len(values)
-        active = values > 0
-        n_active += int(active.sum())
+        firing = active(values)
+        n_active += int(firing.sum())
         if keep_values:
-            kept.append(values[active])
+            kept.append(values[firing])
         values, rows = torch.cat([best_values, values]), torch.cat([best_rows, rows])
         top = _top(values, k)  # equal values sit in row order in this concatenation, so ties keep it
         best_values, best_rows = values[top], rows[top]
@@ -196,7 +196,7 @@ def _neighbour_rows(activations: Activations, row: int, n_shown: int, index: int
 def top_activating_examples(sae, activations, feature: int, k: int = 10, context: int = 8) -> TopExamples:
     """The k tokens where `feature` fires most, each with `context` tokens either side.
 
-    sae: any SAE with saelab's SAE interface (`sae_interface.as_sae`).
+    sae: any SAE with saelab's SAE interface (`saelab.as_sae`).
     activations: a single-layer `Activations` (its provenance gives the surrounding tokens) or a float
     tensor [n_tokens, d_in] (rows and values only). Streams over the rows in batches with a running
     top-k; only tokens where the feature is active (> 0) are returned, so a rare feature gives fewer

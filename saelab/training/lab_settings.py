@@ -16,9 +16,9 @@ import math
 import os
 from dataclasses import asdict, dataclass
 
-from .train_config import TrainConfig
-from .utils import describe
-from .validate import check_int
+from saelab.training.config import TrainConfig
+from saelab.utils import describe
+from saelab.validate import check_int
 
 __all__ = ["LabSettings", "lab_settings", "estimate_seconds", "SWEEP_COEFS", "COEF", "SIZE_ENV", "SIZES"]
 
@@ -36,7 +36,7 @@ SIZES = {("tiny", "full"): {"max_tokens": None, "eval_tokens": 10_000, "ce_texts
          ("tiny", "small"): {"max_tokens": 4_000, "eval_tokens": 2_000, "ce_texts": 4},
          ("other", "small"): {"max_tokens": 2_000, "eval_tokens": 1_000, "ce_texts": 1}}
 #: Rows the shipped training texts give on tiny (BOS excluded), for estimates without a max_tokens.
-TINY_TRAIN_ROWS = 157_037
+TINY_TRAIN_ROWS = 219_091
 #: What `estimate_seconds` assumes: a fixed overhead (loading, figures, cards, the report) plus the
 #: work's float operations at CPU_FLOPS per second. Fitted on a 2-core machine to two runs of
 #: `saelab run`: tiny with every row (48 s) and the GPT-2 small stand-in with --max-tokens 3000 (92 s,
@@ -108,7 +108,7 @@ def estimate_seconds(settings: LabSettings, model_cfg, device) -> float:
     """Seconds a `saelab run` with `settings` is expected to take on `device` (a rough estimate from the
     work's float operations: collection passes, CE loss recovered and training; CPU_FLOPS / GPU_FLOPS)."""
     if not isinstance(settings, LabSettings):
-        raise ValueError(f"settings: expected a saelab.labconfig.LabSettings, got {describe(settings)}")
+        raise ValueError(f"settings: expected a saelab.training.lab_settings.LabSettings, got {describe(settings)}")
     for field in ("d_model", "n_layers", "d_vocab", "n_ctx"):
         if not isinstance(getattr(model_cfg, field, None), int):
             raise ValueError(f"model_cfg: expected a model config with an integer {field} (model.cfg), "

@@ -3,7 +3,7 @@
 ONE trainer core, `train_stacked`, trains k tied SAEs at once as one stacked model (weights
 `[k, n_features, d_model]`, batched matmuls) on the same mini-batches: k = 1 for `train_sae`, one
 per coefficient for the sparsity sweep, one per layer for `compare_layers`. The per-SAE losses are
-summed, so each SAE gets exactly its own gradient (`sae.tied_gradients`) and Adam (elementwise)
+summed, so each SAE gets exactly its own gradient (`sae.tied.tied_gradients`) and Adam (elementwise)
 takes exactly the steps it would take alone: a stacked SAE equals the one trained alone, bit for bit.
 
 Faults: the rows are checked to be finite before the first step (the SAEs are then untouched); a
@@ -21,16 +21,16 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from .activations import Activations, find_nonfinite_row, gather_rows, n_rows
-from .batches import batch_indices, n_steps
-from .initialise import start_from_rows
-from .metrics import EvalResult, evaluate
-from .models import resolve_device
-from .results import Result, fmt
-from .sae import TiedSAE, tied_gradients
-from .train_config import LAB_RECIPE, TrainConfig
-from .utils import describe, progress_bar
-from .validate import check_float, check_rows
+from saelab.activations.rows import Activations, find_nonfinite_row, gather_rows, n_rows
+from saelab.training.batches import batch_indices, n_steps
+from saelab.training.initialise import start_from_rows
+from saelab.metrics import EvalResult, evaluate_unchecked
+from saelab.models import resolve_device
+from saelab.results import Result, fmt
+from saelab.sae.tied import TiedSAE, tied_gradients
+from saelab.training.config import LAB_RECIPE, TrainConfig
+from saelab.utils import active, describe, progress_bar
+from saelab.validate import check_float, check_rows
 
 __all__ = ["TrainConfig", "LAB_RECIPE", "TrainResult", "StackedTraining", "train_sae", "train_stacked", "adam",
            "source_metadata", "batch_indices", "n_steps", "HISTORY_COLUMNS", "DIVERGENCE_FACTOR"]
@@ -123,13 +123,14 @@ class _Stack:
         values, recon = None, grad_out.pow(2).mean(dim=(1, 2))     # recon [k]: every step, to name a bad one
         if with_loss:
             sparsity = features.mean(dim=(1, 2))
-            l0 = (features > 0).sum(dim=-1, dtype=torch.float32).mean(dim=-1)
+            l0 = active(features).sum(dim=-1, dtype=torch.float32).mean(dim=-1)
             values = torch.stack([recon + self.coef_t * sparsity, recon, sparsity, l0.to(recon.dtype)], dim=1)
         grad_out.mul_(2.0 / (rows * d_model))                                                # d loss / d recon
         self.W.grad, self.b_enc.grad, self.b_dec.grad, _ = tied_gradients(
             x, self.W, features, grad_out, self.sparsity_grad(rows))
         self.optimizer.step()
-        self._all_finite &= torch.isfinite(recon).all() & torch.isfinite(self.b_dec.grad).all()
+        for value in (recon, self.W.grad, self.b_enc.grad, self.b_dec.grad):  # on the device: no host sync
+            self._all_finite &= torch.isfinite(value).all()
         self._n_finite += self._all_finite
         return values
 
@@ -175,11 +176,11 @@ def _batch(sources: list, index: torch.Tensor, scales: list[float], device, dtyp
     return x
 
 
-def _raise_diverged(loss: float, step: int, last_good: int, lr: float, histories) -> None:
-    """FloatingPointError naming the first non-finite step; the SAEs already hold the last finite
-    logged state (`histories` are attached to the error)."""
+def _raise_diverged(what: str, step: int, last_good: int, lr: float, histories) -> None:
+    """FloatingPointError naming the first non-finite step (`what` became NaN or inf there); the SAEs
+    already hold the last finite logged state (`histories` are attached to the error)."""
     error = FloatingPointError(
-        f"training diverged: the loss became {loss} at step {step}; the SAE was restored to its last finite "
+        f"training diverged: {what} at step {step}; the SAE was restored to its last finite "
         f"state (after step {last_good}). Try a lower lr (e.g. lr={lr / 10:g} instead of {lr:g})")
     error.histories = histories
     raise error
@@ -232,10 +233,14 @@ def train_stacked(saes: list[TiedSAE], sources: list, coefs, config: TrainConfig
             first_loss = first_loss or [v[0] for v in values]
             bad = [v[0] for v in values if not all(math.isfinite(u) for u in v[:3])]
             if bad:
-                _raise_diverged(bad[0], stack.first_bad_step(), last_good, config.lr, _histories(records))
+                _raise_diverged(f"the loss or a gradient became NaN or inf (logged loss {bad[0]})",
+                                stack.first_bad_step(), last_good, config.lr, _histories(records))
             if log:
                 for i, v in enumerate(values):
                     records[i].append((step, *v))
+                if not stack.finite():   # a finite loss but non-finite weights (e.g. an inf gradient)
+                    _raise_diverged("the weights became NaN or inf", stack.first_bad_step(), last_good, config.lr,
+                                    _histories(records))
                 stack.write_back()
                 last_good = step
                 bar.set_postfix(recon=f"{values[0][1]:.4g}", l0=f"{values[0][3]:.1f}", refresh=False)
@@ -351,7 +356,7 @@ def train_sae(sae: TiedSAE, activations, sparsity_coef: float = 1e-3, config: Tr
                       f"those weights (metadata['interrupted_at_step'] = {run.steps_done})", RuntimeWarning,
                       stacklevel=2)
     return TrainResult(
-        sae=sae, history=run.histories[0], train_metrics=evaluate(sae, activations),
-        eval_metrics=None if eval_activations is None else evaluate(sae, eval_activations),
+        sae=sae, history=run.histories[0], train_metrics=evaluate_unchecked(sae, activations),
+        eval_metrics=None if eval_activations is None else evaluate_unchecked(sae, eval_activations),
         seconds=run.seconds, tokens_per_second=run.n_tokens / run.seconds if run.seconds > 0 else math.inf,
         config=config, steps_done=run.steps_done, interrupted=run.interrupted)

@@ -1,7 +1,7 @@
 """SAELens SAEs in saelab's tools: `SAELensSAE`, a thin adapter, and `load_sae`, the one loader.
 
 `SAELensSAE(sae)` gives any SAELens `SAE` object (standard, TopK, JumpReLU, gated, AbsTopK,
-matching pursuit, ...) saelab's SAE interface (see `saelab.sae_interface`): `encode`, `decode`,
+matching pursuit, ...) saelab's SAE interface (see `saelab.sae.interface`): `encode`, `decode`,
 `W_dec` `[d_sae, d_in]`, `b_dec` `[d_in]`, `d_in`, `d_sae`, `hook_name`, `layer`, `metadata`.
 It holds no math of its own: `encode` and `decode` are the wrapped SAE's own methods, so every
 architecture SAELens implements computes exactly what SAELens computes.
@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from .sae import TiedSAE
-from .utils import describe
+from saelab.sae.tied import TiedSAE
+from saelab.utils import ASSETS_DIR, describe
+from saelab.validate import check_sae_input
 
 #: The reference SAEs shipped with saelab (SAELens folders), by name; see their REFERENCE_CARD.md.
-REFERENCE_DIR = Path(__file__).resolve().parent / "assets" / "reference"
+REFERENCE_DIR = ASSETS_DIR / "reference"
 REFERENCE_SAES = {"tiny_layer2_standard": REFERENCE_DIR / "tiny_layer2_standard"}
 
 _INSTALL = "pip install sae-lens"
@@ -119,21 +120,21 @@ class SAELensSAE:
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Activations [..., d_in] -> features [..., d_sae] (dense), by SAELens's `encode`."""
-        _check_last_dim("x", x, self.d_in, "d_in")
+        check_sae_input("x", x, self.d_in, "d_in", self.W_dec)
         return self.encode_unchecked(x)
 
     def decode(self, features: torch.Tensor) -> torch.Tensor:
         """Features [..., d_sae] -> reconstruction [..., d_in], by SAELens's `decode`."""
-        _check_last_dim("features", features, self.d_sae, "d_sae")
+        check_sae_input("features", features, self.d_sae, "d_sae", self.W_dec)
         return self.decode_unchecked(features)
 
     def encode_unchecked(self, x: torch.Tensor) -> torch.Tensor:
-        """`encode` without the shape check (for tools that checked their rows once)."""
+        """`encode` without its checks (for tools that checked their rows once)."""
         features = self.sae.encode(x)
         return features.to_dense() if features.is_sparse else features
 
     def decode_unchecked(self, features: torch.Tensor) -> torch.Tensor:
-        """`decode` without the shape check."""
+        """`decode` without its checks."""
         return self.sae.decode(features)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,13 +150,6 @@ class SAELensSAE:
     def __repr__(self) -> str:
         return (f"SAELensSAE({type(self.sae).__name__}: architecture={self.architecture!r}, d_in={self.d_in}, "
                 f"d_sae={self.d_sae}, hook_name={self.hook_name!r})")
-
-
-def _check_last_dim(name: str, x, width: int, what: str) -> None:
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise ValueError(f"{name}: expected a float tensor [..., {width}], got {describe(x)}")
-    if x.dim() == 0 or x.shape[-1] != width:
-        raise ValueError(f"{name}: expected a tensor whose last dimension is {what} = {width}, got {describe(x)}")
 
 
 def _import_sae_lens(what: str):
@@ -178,7 +172,7 @@ def load_sae(source, device=None):
       `("gpt2-small-res-jb", "blocks.8.hook_resid_pre")` (downloads from Hugging Face: online only).
     device: None picks cuda, then mps, then cpu (for objects: None leaves them where they are).
     """
-    from .models import resolve_device
+    from saelab.models import resolve_device
 
     if isinstance(source, (TiedSAE, SAELensSAE)):
         return source if device is None else source.to(resolve_device(device))
@@ -195,7 +189,7 @@ def load_sae(source, device=None):
 
 
 def _load_folder(folder: Path, device: torch.device):
-    from .sae_format import read_folder
+    from saelab.sae.folder_format import read_folder
 
     cfg = read_folder(folder)[0]
     metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}

@@ -27,8 +27,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import notebooks
-from .files import atomic_write_text
+from saelab.course import notebooks
+from saelab.files import atomic_write_text
+from saelab.utils import ASSETS_DIR
 
 DIGITS = 3
 IMAGE_TOLERANCE = 0.01
@@ -43,7 +44,7 @@ def machine_paths(*folders: str | Path) -> list[tuple[str, str]]:
     """(path, placeholder) pairs for this machine's paths, longest first: `folders` (the first shown
     as `<notebook>`, the others as `<root>`), saelab, site-packages, the Python prefix, tmp and home."""
     pairs = [(Path(f), "<notebook>" if i == 0 else "<root>") for i, f in enumerate(folders)]
-    pairs += [(Path(notebooks.__file__).parent, "<saelab>")]
+    pairs += [(ASSETS_DIR.parent, "<saelab>")]
     pairs += [(Path(p), "<site-packages>") for p in site.getsitepackages() + [site.getusersitepackages()]]
     pairs += [(Path(sys.prefix), "<python>"), (Path(sys.base_prefix), "<python>"),
               (Path(tempfile.gettempdir()), "<tmp>"), (Path.home(), "~")]

@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from saelab.results import Result, fmt, pct
-from saelab.sae_interface import as_sae
+from saelab.sae.interface import as_sae
 from saelab.validate import check_int
 
 @dataclass(repr=False)
@@ -47,10 +47,14 @@ def match_features(a, b, chunk: int = 1024) -> FeatureMatches:
         raise ValueError(f"b: expected an SAE with d_in = {a.d_in} (a's), got d_in = {b.d_in}")
     device = a.W_dec.device
     unit_b = torch.nn.functional.normalize(b.W_dec.detach().to(device=device, dtype=torch.float32), dim=1)
+    ids_b = torch.arange(b.d_sae, device=device)
     best, where = [], []
     for start in range(0, a.d_sae, chunk):
         rows = torch.nn.functional.normalize(a.W_dec[start:start + chunk].detach().float(), dim=1)
-        values, index = (rows @ unit_b.T).max(dim=1)  # max returns the first index of equal maxima
+        cosines = rows @ unit_b.T                                        # [chunk, d_sae_b]
+        values = cosines.max(dim=1).values
+        # the lowest id among equal maxima, on every device (max's own index is not specified on CUDA)
+        index = torch.where(cosines == values[:, None], ids_b, b.d_sae).min(dim=1).values
         best.append(values.cpu())
         where.append(index.cpu())
     table = pd.DataFrame({"feature": range(a.d_sae), "match": torch.cat(where).tolist(),

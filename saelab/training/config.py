@@ -8,10 +8,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .batches import n_steps
-from .models import resolve_device
-from .utils import describe
-from .validate import check_bool, check_float, check_fraction, check_int
+from saelab.training.batches import n_steps
+from saelab.models import resolve_device
+from saelab.utils import describe
+from saelab.validate import check_bool, check_float, check_fraction, check_int
 
 __all__ = ["TrainConfig", "LAB_RECIPE", "experiment_config"]
 
@@ -119,11 +119,23 @@ def _check_betas(betas) -> tuple[float, float]:
     return tuple(check_fraction(f"betas[{i}]", b, open_high=True) for i, b in enumerate(betas))
 
 
-def experiment_config(config, defaults: dict, seed: int, device, progress: bool, **loop) -> TrainConfig:
-    """An experiment's TrainConfig: `config` (else TrainConfig(**defaults), the notebook's loop) with the
-    loop settings given (lr, batch_size, epochs, steps: those not None) and the experiment's seed,
-    device and progress."""
+def experiment_config(config, defaults: dict, seed: int | None, device, progress: bool, **loop) -> TrainConfig:
+    """An experiment's TrainConfig.
+
+    Without `config`: TrainConfig(**defaults) (the notebook's loop) with seed (0 when None) and the loop
+    settings given (lr, batch_size, epochs, steps: those not None). With `config`: its fields win; a
+    training setting given as well (seed or a loop setting, not None) must equal the config's field,
+    else ValueError naming both (never silently replaced). device (when not None) and progress say
+    where and how loudly it runs, and apply either way.
+    """
     if config is not None and not isinstance(config, TrainConfig):
         raise ValueError(f"config: expected a saelab.TrainConfig or None, got {describe(config)}")
-    given = {name: value for name, value in loop.items() if value is not None}
-    return TrainConfig.build(config or TrainConfig(**defaults), seed=seed, device=device, progress=progress, **given)
+    given = {name: value for name, value in {"seed": seed, **loop}.items() if value is not None}
+    run = {"progress": progress, **({} if device is None else {"device": device})}
+    if config is None:
+        return TrainConfig.build(TrainConfig(**{"seed": 0, **defaults}), **given, **run)
+    for name, value in given.items():
+        if value != getattr(config, name):
+            raise ValueError(f"{name}: got {name}={value!r} and config.{name}={getattr(config, name)!r}; give it in "
+                             f"one place (e.g. config=TrainConfig.lab({name}={value!r}) alone)")
+    return TrainConfig.build(config, **run)

@@ -20,8 +20,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from . import notebooks
-from .files import atomic_write_text
+from saelab.course import notebooks
+from saelab.files import atomic_write_text
 
 SCHEMA_VERSION = 3
 

@@ -1,22 +1,22 @@
 """Activations: the container of collected rows (one per token, with provenance) and the row readers.
 
-`saelab.collect.collect_activations` fills an `Activations`. Its rows live in memory, or, when they
+`saelab.activations.collect.collect_activations` fills an `Activations`. Its rows live in memory, or, when they
 would exceed the memory budget, in a raw float32 file on disk that is read back in batches (never
 mapped for good), so training and evaluation stay bounded in memory. Every consumer reads rows only
-through `gather_rows`, `iter_row_batches`, `n_rows`, `width_of`, `find_nonfinite_row` and
-`as_rows`, which accept a single-layer `Activations` or a float tensor `[n_tokens, width]`.
+through `gather_rows`, `iter_row_batches`, `n_rows`, `find_nonfinite_row` and `as_rows` (and
+`validate.row_width`), which take a single-layer `Activations` or a float tensor `[n_tokens, width]`
+that a public function already checked (`validate.check_rows`): they check nothing themselves.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
-import numpy as np
 import torch
 
 from saelab.models import resolve_device
-from saelab.utils import describe, token_text
-from saelab.validate import check_activations, check_index, check_int
+from saelab.utils import token_text
+from saelab.validate import check_index, check_int, check_row
 
 
 @dataclass(eq=False, repr=False)
@@ -55,9 +55,8 @@ class Activations:
         return len(self.text_index)
 
     def _resolve_layer(self, layer) -> int:
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-            raise ValueError(f"layer: expected an int (one of {list(self.layers)}), got {describe(layer)}")
-        resolved = int(layer) + self._n_model_layers if layer < 0 and self._n_model_layers else int(layer)
+        layer = check_int("layer", layer)
+        resolved = layer + self._n_model_layers if layer < 0 and self._n_model_layers else layer
         if resolved not in self._stores:
             raise ValueError(f"layer: {layer} was not collected; this Activations holds layers {list(self.layers)}")
         return resolved
@@ -102,10 +101,8 @@ class Activations:
 
     def iter_rows(self, batch_size: int = 4096) -> Iterator[torch.Tensor]:
         """All rows in order, `[<= batch_size, width]` at a time (bounded memory when on disk)."""
-        store = self._store()
         check_int("batch_size", batch_size, minimum=1)
-        return (store.chunk(start, min(start + batch_size, store.n_rows))
-                for start in range(0, store.n_rows, batch_size))
+        return iter_row_batches(self, batch_size)
 
     def to(self, device) -> "Activations":
         """A copy with in-memory rows on `device` (rows on disk stay there: gather returns CPU tensors)."""
@@ -118,16 +115,6 @@ class Activations:
         return replace(self, _stores={layer: store.to(device) for layer, store in self._stores.items()})
 
     # -- provenance
-    def _check_row(self, row) -> int:
-        n = len(self)
-        if isinstance(row, torch.Tensor) and row.numel() == 1 and not row.is_floating_point():
-            row = int(row)
-        if isinstance(row, (np.integer,)):
-            row = int(row)
-        if isinstance(row, bool) or not isinstance(row, int) or not -n <= row < n:
-            raise ValueError(f"row: expected an int in [0, {n}), got {describe(row)}")
-        return row % n
-
     def _decode(self, ids) -> list[str]:
         if self._tokenizer is None:
             return [f"<{int(i)}>" for i in ids]
@@ -135,12 +122,12 @@ class Activations:
 
     def str_token(self, row: int) -> str:
         """The string of row `row`'s token."""
-        return self._decode([self.token_ids[self._check_row(row)]])[0]
+        return self._decode([self.token_ids[check_row("row", row, len(self))]])[0]
 
     def context(self, row: int, before: int = 8, after: int = 8) -> tuple[list[str], int]:
         """String tokens around row `row`'s token in its text (up to `before` tokens before and `after`
-        after, within the tokens the model saw), and the index of the row's token in that list."""
-        row = self._check_row(row)
+        after, within the text's tokens), and the index of the row's token in that list."""
+        row = check_row("row", row, len(self))
         check_int("before", before, minimum=0)
         check_int("after", after, minimum=0)
         text, pos = int(self.text_index[row]), int(self.position[row])
@@ -157,40 +144,32 @@ class Activations:
 
 
 # ----------------------------------------------------------------------------- shared readers
+# These trust their arguments: a public function checked `activations` once (validate.check_rows).
 
 def as_rows(activations) -> torch.Tensor:
     """`[n_tokens, width]` rows of a single-layer Activations (memory-mapped when on disk) or the tensor itself."""
-    activations = check_activations("activations", activations)
     return activations.rows if isinstance(activations, Activations) else activations
 
 
-def gather_rows(activations, index) -> torch.Tensor:
-    """Rows `index` (1-D ints) in index's order: `[len(index), width]`."""
-    activations = check_activations("activations", activations)
+def gather_rows(activations, index: torch.Tensor) -> torch.Tensor:
+    """Rows `index` (1-D int64, in range) in index's order: `[len(index), width]`."""
     if isinstance(activations, Activations):
-        return activations.gather(index)
-    index = check_index("index", index, len(activations))
+        return activations._store().gather(index)
     return activations.index_select(0, index.to(activations.device))
 
 
 def iter_row_batches(activations, batch_size: int = 4096) -> Iterator[torch.Tensor]:
-    """All rows in order, `[<= batch_size, width]` at a time."""
-    activations = check_activations("activations", activations)
-    check_int("batch_size", batch_size, minimum=1)
+    """All rows in order, `[<= batch_size, width]` at a time (bounded memory for rows on disk)."""
     if isinstance(activations, Activations):
-        return activations.iter_rows(batch_size)
+        store = activations._store()
+        return (store.chunk(start, min(start + batch_size, store.n_rows))
+                for start in range(0, store.n_rows, batch_size))
     return iter(activations.split(batch_size))
 
 
 def n_rows(activations) -> int:
     """The number of rows (tokens)."""
-    return len(check_activations("activations", activations))
-
-
-def width_of(activations) -> int:
-    """The width of each row (`Activations.width`, or a tensor's second dimension)."""
-    activations = check_activations("activations", activations)
-    return activations.width if isinstance(activations, Activations) else activations.shape[1]
+    return len(activations)
 
 
 def find_nonfinite_row(activations, batch_size: int = 65536) -> int | None:

@@ -6,7 +6,7 @@ from typing import Iterator
 
 import torch
 
-from .validate import check_int
+from saelab.validate import check_int
 
 
 def batch_indices(n_rows: int, batch_size: int, seed: int, epochs: int = 1,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .data import TEXTS_DIR
-from .files import atomic_folder
-from .utils import describe
+from saelab.data import TEXTS_DIR
+from saelab.files import atomic_folder
+from saelab.utils import describe
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -33,6 +33,11 @@ SAE_FOLDER_FILES = (CFG_FILENAME, WEIGHTS_FILENAME, "sparsity.safetensors", ".tm
 #: SAELens's dataset metadata, used where sae.metadata has no value of its own. dataset_path is the
 #: shipped texts' folder, which `datasets.load_dataset` reads offline (train.jsonl.gz -> "train").
 #: saelab runs each text alone (no concatenation), BOS first, and drops BOS rows by default.
+#: dataset_path is necessarily the saving machine's absolute path: SAELens's ActivationsStore hands it to
+#: `datasets.load_dataset`, which needs a real path, and no marker would mean anything to SAELens. It is
+#: listed in `saelab_defaults`, so saelab's own loader drops it: a folder copied to another machine
+#: loads there with no stale path in `sae.metadata` (a SAELens user there points it at that machine's
+#: `saelab.data.TEXTS_DIR`).
 SAELENS_DATASET_DEFAULTS = {
     "model_class_name": "HookedTransformer", "hook_head_index": None, "context_size": 128,
     "prepend_bos": True, "dataset_path": str(TEXTS_DIR), "seqpos_slice": [None],
@@ -76,7 +81,7 @@ def save_tied(sae, path) -> Path:
     """Write `sae` as the SAELens folder `path/` (see `TiedSAE.save`); returns the folder."""
     from safetensors.torch import save_file
 
-    from . import __version__
+    from saelab import __version__
 
     try:
         metadata = json.loads(json.dumps(sae.metadata))
@@ -85,8 +90,9 @@ def save_tied(sae, path) -> Path:
     _check_finite_json("sae.metadata", metadata)
     scale = sae.input_scale
     weight = sae.encoder.weight.detach()
-    tensors = {"W_enc": weight.T / scale, "W_dec": weight * scale,      # s folded in: SAELens reads raw rows
-               "b_enc": sae.encoder.bias.detach(), "b_dec": sae.decoder_bias.detach() * scale}
+    wide = weight.double()                                          # s folded in float64, then rounded once
+    tensors = {"W_enc": (wide.T / scale).to(weight.dtype), "W_dec": (wide * scale).to(weight.dtype),
+               "b_enc": sae.encoder.bias.detach(), "b_dec": (sae.decoder_bias.detach().double() * scale).to(weight.dtype)}
     for key, t in tensors.items():
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"sae: {key} contains NaN or inf; refusing to save an SAE that cannot be used "
@@ -108,7 +114,7 @@ def save_tied(sae, path) -> Path:
 
 def load_tied(path, device, cls):
     """Load a tied SAE folder (see `TiedSAE.load`) as `cls` (saelab.TiedSAE)."""
-    from .models import resolve_device
+    from saelab.models import resolve_device
 
     folder = Path(path)
     dev = resolve_device(device)
@@ -116,10 +122,11 @@ def load_tied(path, device, cls):
     scale = _input_scale(folder, cfg)
     _check_tied(folder, cfg, tensors, scale)
     sae = cls(cfg["d_in"], cfg["d_sae"], seed=0)
+    sae.to(torch.float64)                                           # s unfolded in float64, then rounded once
     with torch.no_grad():
-        sae.encoder.weight.copy_(tensors["W_dec"] / scale)
+        sae.encoder.weight.copy_(tensors["W_dec"].double() / scale)
         sae.encoder.bias.copy_(tensors["b_enc"])
-        sae.decoder_bias.copy_(tensors["b_dec"] / scale)
+        sae.decoder_bias.copy_(tensors["b_dec"].double() / scale)
     sae.input_scale = scale
     sae.metadata = {k: v for k, v in cfg.get("metadata", {}).items() if k not in _FORMAT_METADATA_KEYS}
     for key in cfg.get("metadata", {}).get("saelab_defaults", []):
@@ -265,7 +272,8 @@ def _check_tied(folder: Path, cfg: dict, tensors: dict[str, torch.Tensor], scale
             raise RuntimeError(f"{file}: expected {key} as a float tensor of shape {list(shape)} (cfg.json d_in="
                                f"{d_in}, d_sae={d_sae}), got {describe(tensors[key])}")
     W_enc, W_dec = tensors["W_enc"].T.double() * scale, tensors["W_dec"].double() / scale
-    if not torch.allclose(W_enc, W_dec, rtol=1e-6, atol=1e-8):
+    tol = max(1e-6, 8 * torch.finfo(tensors["W_dec"].dtype).eps)   # each side was rounded once to its dtype
+    if not torch.allclose(W_enc, W_dec, rtol=tol, atol=tol * 1e-2 * float(W_dec.abs().max())):
         diff = (W_enc - W_dec).abs().max().item()
         folded = "" if scale == 1.0 else f" / s^2 (s = its input_scale, {scale:g})"
         raise RuntimeError(f"{file}: expected a tied SAE with W_enc == W_dec.T{folded}, got untied weights "

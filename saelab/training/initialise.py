@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .activations import gather_rows, iter_row_batches, n_rows
-from .models import accumulation
+from saelab.activations.rows import gather_rows, iter_row_batches, n_rows
+from saelab.models import accumulation
 
 #: Rows sampled (with replacement, seeded) to set the biases of `init_density`.
 DENSITY_SAMPLE = 8192

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sae_format import CFG_FILENAME, WEIGHTS_FILENAME, load_tied, save_tied
-from .utils import describe
-from .validate import check_float, check_int
+from saelab.sae.folder_format import load_tied, save_tied
+from saelab.utils import active
+from saelab.validate import check_float, check_int, check_sae_input
 
 
 
@@ -41,11 +41,9 @@ class TiedSAE(nn.Module):
         """TiedSAE(d_model, n_features, seed=None): weights W [n_features, d_model] (Kaiming-uniform, as
         in the original notebook), b_enc [n_features] and b_dec [d_model] (zeros); see the class docstring."""
         super().__init__()
-        check_int("d_model", d_model, minimum=1)
-        check_int("n_features", n_features, minimum=1)
-        check_int("seed", seed, minimum=0, allow_none=True)
-        self.d_model = d_model
-        self.n_features = n_features
+        self.d_model = check_int("d_model", d_model, minimum=1)
+        self.n_features = check_int("n_features", n_features, minimum=1)
+        seed = check_int("seed", seed, minimum=0, allow_none=True)
         self.metadata: dict = {}
         self.input_scale = 1.0
         if seed is None:
@@ -77,7 +75,7 @@ class TiedSAE(nn.Module):
         weight = self.encoder.weight
         return weight if self._input_scale == 1.0 else weight * self._input_scale
 
-    # -- the SAE interface (saelab.sae_interface): read-only views -----------------------------------
+    # -- the SAE interface (saelab.sae.interface): read-only views -----------------------------------
     @property
     def d_in(self) -> int:
         """The width of the activations it reads (= d_model)."""
@@ -119,17 +117,7 @@ class TiedSAE(nn.Module):
 
     # -- validation ------------------------------------------------------------------------------
     def _check_input(self, name: str, x, width: int, what: str) -> None:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise ValueError(f"{name}: expected a float tensor [..., {width}], got {describe(x)}")
-        if x.dim() == 0 or x.shape[-1] != width:
-            raise ValueError(f"{name}: expected a tensor whose last dimension is {what} = {width}, "
-                             f"got {describe(x)}")
-        weight = self.encoder.weight
-        if x.dtype != weight.dtype or x.device != weight.device:
-            raise ValueError(f"{name}: expected {weight.dtype} on {weight.device} (the SAE's dtype and device), "
-                             f"got {x.dtype} on {x.device}; convert with .to(sae.encoder.weight)")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name}: expected finite values, got {describe(x)} containing NaN or inf")
+        check_sae_input(name, x, width, what, self.encoder.weight)
 
     # -- unchecked math (the trainer and metrics call these after validating once) -----------------
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,7 +164,7 @@ class TiedSAE(nn.Module):
         self._check_input("x", x, self.d_model, "d_model")
         coef = check_float("sparsity_coef", sparsity_coef, minimum=0.0)
         loss, recon, sparsity, features = self._loss_terms(x, coef)
-        n_active = (features > 0).sum(dim=-1).float().mean()
+        n_active = active(features).sum(dim=-1).float().mean()
         recon_v, sparsity_v, n_active_v = torch.stack([recon, sparsity, n_active]).detach().tolist()
         return loss, {"recon": recon_v, "sparsity": sparsity_v, "n_active": n_active_v}
 
@@ -191,7 +179,7 @@ class TiedSAE(nn.Module):
         All or nothing: the folder is written beside `path` and swapped in, so a reader (or a kill)
         sees the previous save or this one, never a mix; an existing `path` is replaced whole (it
         may hold only an SAE folder's files). Refuses NaN / inf in the weights or the metadata.
-        cfg.json's metadata also carries SAELens's dataset keys (`sae_format.SAELENS_DATASET_DEFAULTS`).
+        cfg.json's metadata also carries SAELens's dataset keys (`folder_format.SAELENS_DATASET_DEFAULTS`).
         """
         return save_tied(self, path)
 

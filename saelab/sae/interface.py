@@ -16,14 +16,14 @@ Every tool (`evaluate`, `ce_loss_recovered`, `feature_correlation`, `top_activat
 - `sae.W_dec.device` / `sae.W_dec.dtype`: where and in what dtype to give it inputs.
 
 All four take inputs on the SAE's device and dtype. saelab's `TiedSAE` implements the
-interface itself; a SAELens SAE object enters through `saelens_sae.SAELensSAE`, which calls
+interface itself; a SAELens SAE object enters through `sae.saelens.SAELensSAE`, which calls
 SAELens's own encode/decode (see `saelab.load_sae`).
 """
 from __future__ import annotations
 
-from .sae import TiedSAE
-from .saelens_sae import SAELensSAE, is_saelens_sae
-from .utils import describe
+from saelab.sae.tied import TiedSAE
+from saelab.sae.saelens import SAELensSAE, is_saelens_sae
+from saelab.utils import describe
 
 
 def as_sae(name: str, sae):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import make_temp_dir, remove_temp
+from saelab.files import make_temp_dir, remove_temp
 
 ROW_BYTES = 4  # float32
 TEMP_PREFIX = "saelab-acts-"

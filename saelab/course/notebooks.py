@@ -23,20 +23,20 @@ One code line may read `INSTALL_SOURCE = None` (at column 0): `install_source=` 
 
 Cell ids hash the cell's source lines (numbered when two cells are identical): rebuilding an
 unchanged source writes the same bytes (nbformat 4.5 JSON, sorted keys, trailing newline).
-`build` writes, `check` finds drift and leaks; `saelab.regenerate` executes the solutions.
+`build` writes, `check` finds drift and leaks; `saelab.course.regenerate` executes the solutions.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import atomic_write_text
+from saelab.files import atomic_write_text
+from saelab.utils import ASSETS_DIR
 
-LABS_DIR = Path(__file__).resolve().parent / "assets" / "labs"
+LABS_DIR = ASSETS_DIR / "labs"
 VARIANTS = ("exercise", "solution")
 VARIANT_DIRS = {"exercise": "notebooks", "solution": "solutions"}
 NBVAL_TAGS = ("raises-exception", "nbval-skip", "nbval-ignore-output", "nbval-check-output")
@@ -318,6 +318,16 @@ def read_notebook(path: Path):
         return None
 
 
+def _rendered(root, sources, install_source):
+    """(source, its cells, variant, the notebook `build` writes, its path under root) for every source
+    and variant, the one walk `build` and `check` share."""
+    root, sources = resolve(root, sources)
+    for source in sources:
+        cells = read_source(source)
+        for variant in VARIANTS:
+            yield source, cells, variant, render(cells, variant, install_source), target(root, source, variant)
+
+
 def build(root: str | Path | None = None, sources=None, install_source: str | None = None) -> list[Path]:
     """Write every source's exercise and solution notebooks under `root`; returns the files written.
 
@@ -326,21 +336,17 @@ def build(root: str | Path | None = None, sources=None, install_source: str | No
     a solution notebook changed, its code cells keep their outputs; when any code cell changed, it is
     written without outputs (run `execute`).
     """
-    root, sources = resolve(root, sources)
     written = []
-    for source in sources:
-        cells = read_source(source)
-        for variant in VARIANTS:
-            nb = render(cells, variant, install_source)
-            text, path = dumps(nb), target(root, source, variant)
-            old = read_notebook(path) if path.is_file() else None
-            if old is not None and variant == "solution":
-                if dumps(without_outputs(old)) == text:
-                    continue
-                text = dumps(_keep_outputs(nb, old))
-            elif old is not None and path.read_bytes() == text.encode("utf-8"):
+    for _, _, variant, nb, path in _rendered(root, sources, install_source):
+        text = dumps(nb)
+        old = read_notebook(path) if path.is_file() else None
+        if old is not None and variant == "solution":
+            if dumps(without_outputs(old)) == text:
                 continue
-            written.append(atomic_write_text(path, text))
+            text = dumps(_keep_outputs(nb, old))
+        elif old is not None and path.read_bytes() == text.encode("utf-8"):
+            continue
+        written.append(atomic_write_text(path, text))
     return written
 
 
@@ -380,28 +386,24 @@ def check(root: str | Path | None = None, sources=None, install_source: str | No
     outputs and execution counts; exercise notebooks byte for byte). Leak: a solution line in an
     exercise notebook's cell sources.
     """
-    root, sources = resolve(root, sources)
     problems = []
-    for source in sources:
-        cells = read_source(source)
-        for variant in VARIANTS:
-            path = target(root, source, variant)
-            expected = dumps(render(cells, variant, install_source))
-            nb = read_notebook(path)
-            if nb is None:
-                state = "not a readable notebook" if path.is_file() else "missing"
-                problems.append(f"{path}: {state}; run `saelab notebooks build`")
-                continue
-            actual = path.read_bytes().decode("utf-8")
-            if variant == "exercise":
-                lines = {line.strip() for cell in nb.cells for line in cell.source.splitlines()}
-                leaked = sorted(solution_only_lines(cells) & lines)
-                if leaked:
-                    problems.append(f"{path}: leak: {len(leaked)} solution line(s) in the exercise notebook, "
-                                    f"e.g. {leaked[0][:70]!r}")
-            else:
-                actual = dumps(without_outputs(nb))
-            if actual != expected:
-                problems.append(f"{path}: drift from {source.name} ({_first_difference(expected, actual)}); "
-                                "run `saelab notebooks build`")
+    for source, cells, variant, rendered, path in _rendered(root, sources, install_source):
+        expected = dumps(rendered)
+        nb = read_notebook(path)
+        if nb is None:
+            state = "not a readable notebook" if path.is_file() else "missing"
+            problems.append(f"{path}: {state}; run `saelab notebooks build`")
+            continue
+        actual = path.read_bytes().decode("utf-8")
+        if variant == "exercise":
+            lines = {line.strip() for cell in nb.cells for line in cell.source.splitlines()}
+            leaked = sorted(solution_only_lines(cells) & lines)
+            if leaked:
+                problems.append(f"{path}: leak: {len(leaked)} solution line(s) in the exercise notebook, "
+                                f"e.g. {leaked[0][:70]!r}")
+        else:
+            actual = dumps(without_outputs(nb))
+        if actual != expected:
+            problems.append(f"{path}: drift from {source.name} ({_first_difference(expected, actual)}); "
+                            "run `saelab notebooks build`")
     return problems
