@@ -79,6 +79,10 @@ class Recipe:
         other rows; their Adam state is reset.
     grad_clip: clip each SAE's gradient norm (0 = off).
     n_features: dictionary size (512 = 4 x d_model; 1024 = 8x).
+    normalize: train on rows / s, s = saelab's row_scale (mean squared norm d_model, as TrainConfig.lab()),
+        the SAEs keep s as input_scale so they read raw rows. Not only a coefficient rescale: Adam's steps are
+        in parameter units, so the biases (which scale with the rows) move s times faster relative to their
+        size (s = 3.02 on tiny's layer 2).
     l1_norm_weighted: the sparsity penalty is mean f_i * ||W_i|| (SAELens's decoder-norm-weighted L1; for the
         tied SAE the size of feature i's contribution f_i W_i to the reconstruction) instead of mean f_i.
     dense_l1: extra sparsity penalty coef * dense_l1 * mean(f_i) on the features whose running firing
@@ -114,6 +118,7 @@ class Recipe:
     cofire: float = 0.0
     dense_target: float = 0.05
     density_decay: float = 0.99
+    normalize: bool = False
 
 
 LAB_TODAY = Recipe()
@@ -209,6 +214,11 @@ def train(recipe: Recipe, rows: torch.Tensor, coefs, seed: int = 0):
     from saelab.train import batch_indices
 
     data = rows if recipe.rows is None else rows[:recipe.rows]
+    scale = 1.0
+    if recipe.normalize:
+        from saelab.initialise import row_scale
+        scale = row_scale(data)
+        data = data / scale
     k, (n_data, d) = len(coefs), data.shape
     W, b_enc, b_dec = init_params(recipe, k, d, recipe.n_features, seed, data)
     coef = torch.tensor([float(c) for c in coefs])
@@ -248,7 +258,10 @@ def train(recipe: Recipe, rows: torch.Tensor, coefs, seed: int = 0):
                     fired.zero_()
                     window_rows = 0
     seconds = time.perf_counter() - start
-    return to_saes(W, b_enc, b_dec, recipe.center), seconds
+    saes = to_saes(W, b_enc, b_dec, recipe.center)
+    for sae in saes:
+        sae.input_scale = scale
+    return saes, seconds
 
 
 # The sparsity terms, one small function each (features [k, B, n], W [k, n, d]; each returns [k], one value
@@ -708,6 +721,9 @@ def cmd_frontier(args) -> None:
                 resumable_grid(path, name, kind, recipe, layer, seed, coefs, args.ce, ctx, extend=0 if args.quick else 2)
 
 
+LAB_NAME = "saelab TrainConfig.lab()"
+
+
 def dense_recipes() -> dict[str, tuple[Recipe, tuple]]:
     """Issue 22: ideas against the dense features, each alone on top of IMPROVED (the bench's twin of
     saelab's TrainConfig.lab()), with a starting coefficient grid around L0 15-45 (extended where needed);
@@ -727,6 +743,11 @@ def dense_recipes() -> dict[str, tuple[Recipe, tuple]]:
         "two epochs (1228 steps)": (r(IMPROVED, steps=2 * BUDGET_STEPS), grid),
         "dense-only L1 x0.5 + two epochs": (r(IMPROVED, dense_l1=0.5, steps=2 * BUDGET_STEPS), grid),
         "dense-only L1 x0.5 + 8x dictionary": (r(IMPROVED, dense_l1=0.5, n_features=8 * 128), tuple(2 * c for c in grid)),
+        # on normalised rows, like TrainConfig.lab() (coefficients ~3x smaller on tiny)
+        "improved, normalised rows (= TrainConfig.lab())": (r(IMPROVED, normalize=True), FRONTIER_GRIDS[LAB_NAME]),
+        "dense-only L1 x0.5, normalised rows": (r(IMPROVED, normalize=True, dense_l1=0.5), FRONTIER_GRIDS[LAB_NAME]),
+        "dense-only L1 x0.5 + two epochs, normalised rows": (
+            r(IMPROVED, normalize=True, dense_l1=0.5, steps=2 * BUDGET_STEPS), FRONTIER_GRIDS[LAB_NAME]),
     }
 
 
@@ -775,8 +796,10 @@ def plot_grid(grid, colors: dict, path: Path, title: str) -> Path:
               "dense": "dense fraction (>10% of tokens)"}
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    cycle = iter([c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"] + ["black", "gold", "magenta", "lime"]
-                  if c not in colors.values()])
+    import itertools
+
+    palette = [c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"] if c not in colors.values()]
+    cycle = itertools.cycle(palette + ["black", "gold", "magenta", "lime", "navy", "teal", "salmon", "sienna"])
     colors = {name: colors.get(name) or next(cycle) for name in grid.recipe.unique()}
     fig, axes = plt.subplots(len(metrics), len(layers), figsize=(5.2 * len(layers), 3.6 * len(metrics)),
                              squeeze=False, sharex=True)
@@ -797,8 +820,11 @@ def plot_grid(grid, colors: dict, path: Path, title: str) -> Path:
             if metric == "ce_recovered":
                 ax.set_ylim(max(0.5, float(grid[metric].min()) - 0.02), 1.0)
         axes[-1, j].set_xlabel("L0 (active features per token, log)")
-    handles, names = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, names, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.95))
+    legend = {}  # every recipe once, in the order it first appears in any column
+    for ax in axes[0]:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.95))
     fig.suptitle(f"{title}\n(solid: seed 0, dashed: seed 1; grey band: L0 20-40)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
