@@ -1,23 +1,27 @@
-"""Feature quality of the lab's tied SAE (issue 12): the sparsity/reconstruction frontier, dense and dead
-features at matched L0, for the lab's current recipe, an improved recipe and SAELens's standard SAE.
+"""Feature quality of the lab's tied SAE (issues 12 and 22): the sparsity/reconstruction frontier, dense and
+dead features at matched L0, for the lab's current recipe, an improved recipe and SAELens's standard SAE,
+and ideas against the dense features within the tied ReLU SAE's inference math.
 
-Every SAE here has 512 features (4 x d_model) on tiny's resid_post, is trained on the shipped training
-rows and measured on 10,000 held-out rows of the test texts (`saelab.evaluate`) and on held-out texts
-(`saelab.metrics.ce_loss_recovered`). Recipes are `Recipe` settings of one stacked trainer (`train`):
-k SAEs, one per sparsity coefficient, trained side by side on the same batches; every default of
-`Recipe` reproduces the lab's loop (`saelab.train_sae`: Adam, constant lr, loss MSE + coef * mean|f|).
+Every SAE here has 512 features (4 x d_model; 1024 for the 8x rows) on tiny's resid_post, is trained on the
+shipped training rows and measured on 10,000 held-out rows of the test texts (`saelab.evaluate`) and on
+held-out texts (`saelab.metrics.ce_loss_recovered`). Recipes are `Recipe` settings of one stacked trainer
+(`train`): k SAEs, one per sparsity coefficient, trained side by side on the same batches; every default
+of `Recipe` reproduces the lab's loop (`saelab.train_sae`: Adam, constant lr, loss MSE + coef * mean|f|).
 
     python benchmarks/bench_quality.py prepare               # collect and cache rows (layers 1-3)
     python benchmarks/bench_quality.py ablation              # layer 2, seed 0: each change alone, matched L0 30
     python benchmarks/bench_quality.py frontier --layers 1,2,3 --seeds 0,1
     python benchmarks/bench_quality.py frontier --quick      # layer 2, seed 0, fewer coefficients
-    python benchmarks/bench_quality.py frontier --only "TrainConfig.lab" --suffix _lab   # the shipped recipe
-    python benchmarks/bench_quality.py figure                # benchmarks/quality/frontier.png from the CSV
+    python benchmarks/bench_quality.py dense --layers 2 --seeds 0,1   # issue 22: ideas against dense features
+    python benchmarks/bench_quality.py figure                # frontier.png (and dense_ideas.png) from the CSVs
     python benchmarks/bench_quality.py timing                # seconds per SAE and per 5-coef stacked sweep
-    python benchmarks/bench_quality.py tables                # the CSVs as markdown tables
+    python benchmarks/bench_quality.py tables                # the grids at L0 20, 25, 30: CSVs + markdown
 
-The collected rows are cached in benchmarks/_scratch/ (safetensors, gitignored); tables go to
-benchmarks/quality/*.csv.
+`frontier` and `dense` append one row per SAE to their grid CSV as it is measured and skip what is already
+there, so an interrupted run resumes; each (recipe, layer, seed) grid starts from a fixed coefficient grid
+and is extended (`extra_coefs`) until it brackets L0 15-45 with at least 3 points in L0 20-40, so every
+interpolated number has measured points on both sides. The collected rows are cached in
+benchmarks/_scratch/ (safetensors, gitignored); tables go to benchmarks/quality/*.csv.
 """
 from __future__ import annotations
 
@@ -44,8 +48,9 @@ LAYERS = (1, 2, 3)
 N_FEATURES = 512
 EVAL_ROWS = 10_000
 CE_TEXTS = 4  # ~860 next-token predictions; each CE measurement is 3 forward passes with a 50k vocabulary
-CE_L0_RANGE = (15.0, 60.0)  # CE loss recovered only for SAEs in this L0 range (around the matched L0)
+CE_L0_RANGE = (12.0, 60.0)  # CE loss recovered only for SAEs in this L0 range (around the matched L0s)
 TARGET_L0 = 30.0
+TARGETS = (20.0, 25.0, 30.0)  # the L0s the tables interpolate to (issue 22)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,19 @@ class Recipe:
         re-initialised towards rows the SAE reconstructs worst, at resample_scale x the mean norm of the
         other rows; their Adam state is reset.
     grad_clip: clip each SAE's gradient norm (0 = off).
+    n_features: dictionary size (512 = 4 x d_model; 1024 = 8x).
+    normalize: train on rows / s, s = saelab's row_scale (mean squared norm d_model, as TrainConfig.lab()),
+        the SAEs keep s as input_scale so they read raw rows. Not only a coefficient rescale: Adam's steps are
+        in parameter units, so the biases (which scale with the rows) move s times faster relative to their
+        size (s = 3.02 on tiny's layer 2).
+    l1_norm_weighted: the sparsity penalty is mean f_i * ||W_i|| (SAELens's decoder-norm-weighted L1; for the
+        tied SAE the size of feature i's contribution f_i W_i to the reconstruction) instead of mean f_i.
+    dense_l1: extra sparsity penalty coef * dense_l1 * mean(f_i) on the features whose running firing
+        density (an exponential average over ~100 batches, `density_decay`) is above dense_target; nothing
+        below it (0 = off).
+    cofire: coefficient of an auxiliary term pushing dense features (running density above dense_target)
+        apart: sum over pairs i != j of dense features of (fraction of the batch's rows where both fire) x
+        cos(W_i, W_j)^2, divided by the number of dense features (0 = off).
     """
     rows: int | None = 20_000
     steps: int = 300
@@ -94,6 +112,13 @@ class Recipe:
     resample_dense: float = 0.1
     resample_scale: float = 0.2
     grad_clip: float = 0.0
+    n_features: int = N_FEATURES
+    l1_norm_weighted: bool = False
+    dense_l1: float = 0.0
+    cofire: float = 0.0
+    dense_target: float = 0.05
+    density_decay: float = 0.99
+    normalize: bool = False
 
 
 LAB_TODAY = Recipe()
@@ -189,11 +214,17 @@ def train(recipe: Recipe, rows: torch.Tensor, coefs, seed: int = 0):
     from saelab.training.trainer import batch_indices
 
     data = rows if recipe.rows is None else rows[:recipe.rows]
+    scale = 1.0
+    if recipe.normalize:
+        from saelab.initialise import row_scale
+        scale = row_scale(data)
+        data = data / scale
     k, (n_data, d) = len(coefs), data.shape
-    W, b_enc, b_dec = init_params(recipe, k, d, N_FEATURES, seed, data)
+    W, b_enc, b_dec = init_params(recipe, k, d, recipe.n_features, seed, data)
     coef = torch.tensor([float(c) for c in coefs])
     optimizer = torch.optim.Adam([W, b_enc, b_dec], lr=recipe.lr, betas=recipe.betas)
-    fired = torch.zeros(k, N_FEATURES)
+    fired = torch.zeros(k, recipe.n_features)
+    density = None  # running firing density [k, n] (only the density-gated terms read it)
     window_rows = 0
     start = time.perf_counter()
     for step, index in enumerate(batch_indices(n_data, recipe.batch_size, seed, steps=recipe.steps)):
@@ -203,10 +234,16 @@ def train(recipe: Recipe, rows: torch.Tensor, coefs, seed: int = 0):
             group["lr"] = recipe.lr * lr_mult
         features, recon = forward(W, b_enc, b_dec, x, recipe.center)
         mse = (recon - x).pow(2).mean(dim=(1, 2))
-        l1 = features.mean(dim=(1, 2))
-        loss = (mse + coef * l1_mult * l1).sum()  # the SAEs are independent: each gets its own gradient
+        loss = mse + coef * l1_mult * sparsity_penalty(features, W, recipe.l1_norm_weighted)
+        if recipe.dense_l1 or recipe.cofire:
+            density = running_density(density, features, recipe.density_decay)
+            dense = density > recipe.dense_target
+            if recipe.dense_l1:
+                loss = loss + coef * l1_mult * recipe.dense_l1 * dense_only_l1(features, dense)
+            if recipe.cofire:
+                loss = loss + recipe.cofire * cofire_cosine_penalty(features, W, dense)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.sum().backward()  # the SAEs are independent: each gets its own gradient
         if recipe.grad_clip:
             clip_per_sae([W, b_enc, b_dec], recipe.grad_clip)
         optimizer.step()
@@ -221,7 +258,47 @@ def train(recipe: Recipe, rows: torch.Tensor, coefs, seed: int = 0):
                     fired.zero_()
                     window_rows = 0
     seconds = time.perf_counter() - start
-    return to_saes(W, b_enc, b_dec, recipe.center), seconds
+    saes = to_saes(W, b_enc, b_dec, recipe.center)
+    for sae in saes:
+        sae.input_scale = scale
+    return saes, seconds
+
+
+# The sparsity terms, one small function each (features [k, B, n], W [k, n, d]; each returns [k], one value
+# per stacked SAE), so that any of them can move into saelab's trainer as it stands.
+def sparsity_penalty(features, W, norm_weighted: bool):
+    """The lab's L1, mean over rows and features of f_i; with `norm_weighted`, of f_i * ||W_i|| (SAELens's
+    L1, weighted by the decoder row's norm: for a tied SAE, ||f_i W_i||, the size of the feature's
+    contribution to the reconstruction, so a feature cannot buy a smaller penalty with a longer row)."""
+    if norm_weighted:
+        return (features * W.norm(dim=2).unsqueeze(1)).mean(dim=(1, 2))
+    return features.mean(dim=(1, 2))
+
+
+@torch.no_grad()
+def running_density(density, features, decay: float):
+    """Each feature's firing density [k, n], an exponential average over batches (`decay` per batch);
+    the first batch's own density when `density` is None."""
+    now = (features > 0).float().mean(dim=1)
+    return now if density is None else density.mul_(decay).add_(now, alpha=1.0 - decay)
+
+
+def dense_only_l1(features, dense):
+    """Mean over rows and features of f_i on the features marked `dense` [k, n] (bool), 0 elsewhere: an L1
+    that acts only above the target density and is off below it."""
+    return (features * dense.unsqueeze(1)).mean(dim=(1, 2))
+
+
+def cofire_cosine_penalty(features, W, dense):
+    """Sum over pairs i != j of `dense` features of (share of the batch's rows where both fire) x
+    cos(W_i, W_j)^2, divided by the number of dense features: pushes the rows of dense features that fire
+    together apart (tied SAE: the decoder direction is also the encoder direction)."""
+    active = (features > 0).float() * dense.unsqueeze(1)  # [k, B, n]
+    cofiring = active.transpose(1, 2) @ active / features.shape[1]  # [k, n, n]
+    cofiring = cofiring * (1.0 - torch.eye(W.shape[1]))
+    unit = W / W.norm(dim=2, keepdim=True).clamp_min(1e-8)
+    cosine = unit @ unit.transpose(1, 2)  # [k, n, n]
+    return (cofiring * cosine.pow(2)).sum(dim=(1, 2)) / dense.sum(dim=1).clamp_min(1)
 
 
 def clip_per_sae(params, max_norm: float) -> None:
@@ -393,8 +470,9 @@ def train_saelab(config, rows: torch.Tensor, coefs, seed: int = 0):
     return saes, run.seconds
 
 
-def run_grid(kind: str, recipe, layer: int, seed: int, coefs, ce: bool, ctx: dict) -> list[dict]:
-    """Train one SAE per coefficient with `recipe` (kind "tied", "saelab" or "saelens") and measure each."""
+def run_grid(kind: str, recipe, layer: int, seed: int, coefs, ce: bool, ctx: dict, on_row=None) -> list[dict]:
+    """Train one SAE per coefficient with `recipe` (kind "tied", "saelab" or "saelens", stacked where the
+    trainer stacks) and measure each; `on_row(row)` is called as each SAE's row is ready."""
     train_rows, test_rows = ctx["rows"][layer]
     trainer = {"tied": train, "saelab": train_saelab, "saelens": train_saelens}[kind]
     saes, seconds = trainer(recipe, train_rows, coefs, seed)
@@ -402,10 +480,120 @@ def run_grid(kind: str, recipe, layer: int, seed: int, coefs, ce: bool, ctx: dic
     out = []
     for c, sae in zip(coefs, saes):
         row = {"layer": layer, "seed": seed, "coef": float(c), "tokens": steps * recipe.batch_size,
+               "n_features": sae.d_sae if hasattr(sae, "d_sae") else N_FEATURES, "n_stacked": len(coefs),
                "train_seconds_all": seconds}
         row.update(measure(sae, test_rows, layer, ce, ctx.get("model"), ctx.get("texts")))
         out.append(row)
+        if on_row is not None:
+            on_row(row)
     return out
+
+
+def extra_coefs(points: list[dict], lo: float = 15.0, hi: float = 45.0, inner=(20.0, 40.0), n_inner: int = 3):
+    """Coefficients to add to a measured grid (rows with coef and l0) so that it brackets L0 lo..hi and has at
+    least n_inner points inside `inner`: log coef interpolated piecewise-linearly in log L0 between the
+    measured points (extrapolated along the end segments). [] when the grid already covers."""
+    pts = sorted((math.log(r["l0"]), math.log(r["coef"])) for r in points if r["l0"] > 0)
+    if len(pts) < 2:
+        return []
+
+    def coef_for(l0: float) -> float:
+        x = math.log(l0)
+        i = max(0, min(len(pts) - 2, max((j for j in range(len(pts) - 1) if pts[j][0] <= x), default=0)))
+        (x0, c0), (x1, c1) = pts[i], pts[i + 1]
+        slope = (c1 - c0) / (x1 - x0) if x1 - x0 > 1e-6 else -1.0
+        slope = slope if slope < -0.2 else -1.0  # L0 falls as the coefficient grows; noise can say otherwise
+        return math.exp(c0 + slope * (x - x0))
+
+    l0s = [math.exp(x) for x, _ in pts]
+    wanted = []
+    if min(l0s) > lo:
+        wanted.append(lo * 0.9)
+    if max(l0s) < hi:
+        wanted.append(hi * 1.1)
+    inside = sum(inner[0] <= v <= inner[1] for v in l0s)
+    for t in (24.0, 30.0, 36.0, 21.0, 27.0, 33.0, 39.0):
+        if inside >= n_inner:
+            break
+        if all(abs(math.log(v / t)) > 0.08 for v in l0s):
+            wanted.append(t)
+            inside += 1
+    have = {round(math.exp(c), 6) for _, c in pts}
+    out = []
+    for t in wanted:
+        c = float(f"{coef_for(t):.3g}")
+        if c > 0 and round(c, 6) not in have and c not in out:
+            out.append(c)
+    return out
+
+
+def grid_coverage(points: list[dict], lo: float = 15.0, hi: float = 45.0, inner=(20.0, 40.0)) -> str:
+    """'ok' when the grid's L0s bracket lo..hi with >= 3 points inside `inner`, else what is missing."""
+    l0s = [r["l0"] for r in points if r["l0"] > 0]
+    if not l0s:
+        return "empty"
+    missing = []
+    if min(l0s) > lo:
+        missing.append(f"min L0 {min(l0s):.1f} > {lo:g}")
+    if max(l0s) < hi:
+        missing.append(f"max L0 {max(l0s):.1f} < {hi:g}")
+    inside = sum(inner[0] <= v <= inner[1] for v in l0s)
+    if inside < 3:
+        missing.append(f"{inside} points in L0 {inner[0]:g}-{inner[1]:g}")
+    return "ok" if not missing else "; ".join(missing)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a grid CSV (written one SAE at a time by `append_row`); [] when there is none."""
+    import pandas as pd
+
+    return pd.read_csv(path).to_dict("records") if path.exists() and path.stat().st_size else []
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one SAE's row to a grid CSV (header on the first row), flushed, so a killed run loses at most
+    the stack in progress and a rerun skips what is done."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or not path.stat().st_size
+    if not new:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f))
+        if list(row) != header:
+            raise ValueError(f"{path}: columns {header} differ from the row's {list(row)}")
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def resumable_grid(path: Path, name: str, kind: str, recipe, layer: int, seed: int, coefs, ce: bool, ctx: dict,
+                   extend: int = 2) -> list[dict]:
+    """`run_grid` for the coefficients of `coefs` not yet in `path` for (name, layer, seed), each row appended
+    as it is measured; then up to `extend` rounds of `extra_coefs` until the grid brackets L0 15-45 with
+    at least 3 points in 20-40. Returns every row of (name, layer, seed)."""
+    done = [r for r in read_rows(path) if r["recipe"] == name and r["layer"] == layer and r["seed"] == seed]
+
+    def keep(row):
+        row = {"recipe": name, **row}
+        append_row(path, row)
+        done.append(row)
+
+    todo = list(coefs)
+    for _ in range(1 + extend):
+        todo = [c for c in todo if not any(math.isclose(c, r["coef"], rel_tol=1e-6) for r in done)]
+        if todo:
+            run_grid(kind, recipe, layer, seed, todo, ce, ctx, on_row=keep)
+        todo = extra_coefs(done)
+        if not todo:
+            break
+    print(f"{name} layer {layer} seed {seed}: coverage {grid_coverage(done)}; "
+          + ", ".join(f"{r['coef']:g}->{r['l0']:.1f}" for r in sorted(done, key=lambda r: r["coef"])), flush=True)
+    return done
 
 
 def context(layers, ce: bool) -> dict:
@@ -437,9 +625,15 @@ LAB_AT_BUDGET = dataclasses.replace(LAB_TODAY, rows=None, steps=BUDGET_STEPS)
 #: The improved recipe: what paid in the ablation (layer 2, seed 0), combined.
 IMPROVED = dataclasses.replace(LAB_AT_BUDGET, init_norm=1.0, init_density=0.05, lr_decay=0.2, betas=(0.9, 0.99))
 SAELENS = SAELensRecipe(steps=BUDGET_STEPS, batch_size=BUDGET_BATCH)
-TIED_COEFS = (3.0, 5.0, 9.0, 15.0, 25.0)  # the frontier's grids (L0 ~10-100)
-LAB_COEFS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # saelab's TrainConfig.lab() (normalised rows: coefficients ~3x smaller)
-SAELENS_COEFS = (0.4, 0.7, 1.2, 2.0, 3.0)
+#: The frontier's starting grids (issue 22: L0 ~15-45 on tiny's layer 2, at least 3 points in L0 20-40; each
+#: grid is extended by `extra_coefs` where a layer or seed needs it).
+FRONTIER_GRIDS = {
+    "lab today (77k tokens)": (12.0, 14.0, 16.0, 18.0, 20.0, 22.0, 25.0),
+    "lab loop at equal tokens": (9.0, 11.0, 13.0, 15.0, 17.0, 19.5, 22.0),
+    "improved": (5.5, 7.0, 8.5, 10.5, 13.0, 16.5, 22.0),
+    "saelab TrainConfig.lab()": (1.75, 2.25, 2.75, 3.25, 4.0, 5.0, 6.5),  # normalised rows: coefficients ~3x smaller
+    "SAELens standard": (1.0, 1.2, 1.3, 1.45, 1.65, 2.0, 2.5),
+}
 ABLATION_COEFS = (7.0, 10.0, 14.0, 20.0)  # around L0 30
 ABLATION_SAELENS_COEFS = (0.7, 1.0, 1.4, 2.0)
 
@@ -497,14 +691,12 @@ def cmd_ablation(args) -> None:
 
 
 def frontier_recipes(quick: bool) -> dict[str, tuple[str, object, tuple]]:
-    """name -> (kind, recipe, coefficient grid) for the frontier."""
-    tied = TIED_COEFS[1::2] if quick else TIED_COEFS
-    lens = SAELENS_COEFS[1::2] if quick else SAELENS_COEFS
-    return {"lab today (77k tokens)": ("tied", LAB_TODAY, tied),
-            "lab loop at equal tokens": ("tied", LAB_AT_BUDGET, tied),
-            "improved": ("tied", IMPROVED, tied),
-            "saelab TrainConfig.lab()": ("saelab", lab_config(), LAB_COEFS[1::2] if quick else LAB_COEFS),
-            "SAELens standard": ("saelens", SAELENS, lens)}
+    """name -> (kind, recipe, starting coefficient grid) for the frontier."""
+    kinds = {"lab today (77k tokens)": ("tied", LAB_TODAY), "lab loop at equal tokens": ("tied", LAB_AT_BUDGET),
+             "improved": ("tied", IMPROVED), "saelab TrainConfig.lab()": ("saelab", lab_config()),
+             "SAELens standard": ("saelens", SAELENS)}
+    return {name: (kind, recipe, FRONTIER_GRIDS[name][1::2] if quick else FRONTIER_GRIDS[name])
+            for name, (kind, recipe) in kinds.items()}
 
 
 def lab_config():
@@ -514,64 +706,130 @@ def lab_config():
 
 
 def cmd_frontier(args) -> None:
-    """The frontier (FVU, CE loss recovered vs L0) per layer and seed, and every recipe at L0 = 30."""
+    """The frontier (FVU, dense, dead, CE loss recovered vs L0) per layer, seed and recipe, one row per SAE
+    appended to frontier_grid<suffix>.csv as it is measured (a rerun skips what is there)."""
     torch.set_num_threads(args.threads)
     layers = [2] if args.quick else [int(v) for v in args.layers.split(",")]
     seeds = [0] if args.quick else [int(v) for v in args.seeds.split(",")]
     ctx = context(layers, ce=args.ce)
-    grid, matched = [], []
+    path = OUT / f"frontier_grid{args.suffix}.csv"
     for layer in layers:
         for seed in seeds:
             for name, (kind, recipe, coefs) in frontier_recipes(args.quick).items():
                 if args.only and not any(o in name for o in args.only.split(",")):
                     continue
-                g = run_grid(kind, recipe, layer, seed, coefs, args.ce, ctx)
-                grid += [{"recipe": name, **x} for x in g]
-                matched.append({"recipe": name, "layer": layer, "seed": seed,
-                                "seconds_per_sae": g[0]["train_seconds_all"] / len(coefs), **at_l0(g)})
-                print(matched[-1], flush=True)
-                write_csv(grid, f"frontier_grid{args.suffix}")
-                write_csv(matched, f"frontier_at_l0_{TARGET_L0:g}{args.suffix}")
-    cmd_figure(args)
+                resumable_grid(path, name, kind, recipe, layer, seed, coefs, args.ce, ctx, extend=0 if args.quick else 2)
+
+
+LAB_NAME = "saelab TrainConfig.lab()"
+
+
+def dense_recipes() -> dict[str, tuple[Recipe, tuple]]:
+    """Issue 22: ideas against the dense features, each alone on top of IMPROVED (the bench's twin of
+    saelab's TrainConfig.lab()), with a starting coefficient grid around L0 15-45 (extended where needed);
+    the last rows combine the one that pays with more training."""
+    r = dataclasses.replace
+    grid = FRONTIER_GRIDS["improved"]
+    return {
+        "improved (baseline)": (IMPROVED, grid),
+        "L1 weighted by row norm": (r(IMPROVED, l1_norm_weighted=True), tuple(round(1.6 * c, 2) for c in grid)),
+        "L1 weighted by row norm + unit-norm rows": (r(IMPROVED, l1_norm_weighted=True, unit_norm=True), grid),
+        "dense-only L1 x0.25 above 5%": (r(IMPROVED, dense_l1=0.25), grid),
+        "dense-only L1 x0.5 above 5%": (r(IMPROVED, dense_l1=0.5), grid),
+        "dense-only L1 x1 above 5%": (r(IMPROVED, dense_l1=1.0), tuple(round(0.7 * c, 2) for c in grid)),
+        "co-firing dense cosine penalty 10": (r(IMPROVED, cofire=10.0), grid),
+        "co-firing dense cosine penalty 100": (r(IMPROVED, cofire=100.0), grid),
+        "8x dictionary (1024 features)": (r(IMPROVED, n_features=8 * 128), tuple(2 * c for c in grid)),
+        "two epochs (1228 steps)": (r(IMPROVED, steps=2 * BUDGET_STEPS), grid),
+        "dense-only L1 x0.5 + two epochs": (r(IMPROVED, dense_l1=0.5, steps=2 * BUDGET_STEPS), grid),
+        "dense-only L1 x0.5 + 8x dictionary": (r(IMPROVED, dense_l1=0.5, n_features=8 * 128), tuple(2 * c for c in grid)),
+        # on normalised rows, like TrainConfig.lab() (coefficients ~3x smaller on tiny)
+        "improved, normalised rows (= TrainConfig.lab())": (r(IMPROVED, normalize=True), FRONTIER_GRIDS[LAB_NAME]),
+        "dense-only L1 x0.5, normalised rows": (r(IMPROVED, normalize=True, dense_l1=0.5), FRONTIER_GRIDS[LAB_NAME]),
+        "dense-only L1 x0.5 + two epochs, normalised rows": (
+            r(IMPROVED, normalize=True, dense_l1=0.5, steps=2 * BUDGET_STEPS), FRONTIER_GRIDS[LAB_NAME]),
+    }
+
+
+def cmd_dense(args) -> None:
+    """Issue 22 item 2: each idea of `dense_recipes` alone, per layer and seed, one row per SAE appended to
+    dense_grid<suffix>.csv (resumable); `tables` interpolates them to L0 20, 25, 30."""
+    torch.set_num_threads(args.threads)
+    layers = [int(v) for v in args.layers.split(",")]
+    seeds = [int(v) for v in args.seeds.split(",")]
+    ctx = context(layers, ce=args.ce)
+    path = OUT / f"dense_grid{args.suffix}.csv"
+    for layer in layers:
+        for seed in seeds:
+            for name, (recipe, coefs) in dense_recipes().items():
+                if args.only and not any(o in name for o in args.only.split(",")):
+                    continue
+                resumable_grid(path, name, "tied", recipe, layer, seed, coefs, args.ce, ctx)
 
 
 def cmd_figure(args) -> None:
-    """benchmarks/quality/frontier.png: FVU and CE loss recovered against L0, one column per layer."""
+    """benchmarks/quality/frontier.png (every frontier grid: FVU, CE loss recovered and dense fraction against
+    L0, one column per layer) and, when the dense ideas were run, dense_ideas.png (the same per idea)."""
+    import pandas as pd
+
+    colors = {"lab today (77k tokens)": "tab:gray", "lab loop at equal tokens": "tab:blue",
+              "improved": "tab:green", "saelab TrainConfig.lab()": "tab:purple", "SAELens standard": "tab:red"}
+    for pattern, name, title in (
+            ("frontier_grid", "frontier", "tiny resid_post, 512 features: frontier on 10k held-out rows"),
+            ("dense_grid", "dense_ideas", "tiny resid_post: ideas against dense features, each alone on 'improved'")):
+        files = sorted(OUT.glob(f"{pattern}{args.suffix}*.csv"))  # no suffix: every run's grid
+        if files:
+            grid = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+            print(plot_grid(grid, colors, OUT / f"{name}{args.suffix}.png", title))
+
+
+def plot_grid(grid, colors: dict, path: Path, title: str) -> Path:
+    """FVU, CE loss recovered and dense fraction (rows) against L0 (log), one column per layer, one line per
+    recipe and seed (solid: seed 0, dashed: seed 1); the grey band is L0 20-40."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pandas as pd
 
-    files = sorted(OUT.glob(f"frontier_grid{args.suffix}*.csv"))  # no suffix: every frontier run's grid
-    grid = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
     layers = sorted(grid.layer.unique())
     metrics = [m for m in ("fvu", "ce_recovered", "dense") if m in grid]
     labels = {"fvu": "FVU (held-out, lower is better)", "ce_recovered": "CE loss recovered (higher is better)",
               "dense": "dense fraction (>10% of tokens)"}
-    colors = {"lab today (77k tokens)": "tab:gray", "lab loop at equal tokens": "tab:blue",
-              "improved": "tab:green", "saelab TrainConfig.lab()": "tab:purple", "SAELens standard": "tab:red"}
-    fig, axes = plt.subplots(len(metrics), len(layers), figsize=(4.6 * len(layers), 3.4 * len(metrics)),
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    import itertools
+
+    palette = [c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"] if c not in colors.values()]
+    cycle = itertools.cycle(palette + ["black", "gold", "magenta", "lime", "navy", "teal", "salmon", "sienna"])
+    colors = {name: colors.get(name) or next(cycle) for name in grid.recipe.unique()}
+    fig, axes = plt.subplots(len(metrics), len(layers), figsize=(5.2 * len(layers), 3.6 * len(metrics)),
                              squeeze=False, sharex=True)
     for j, layer in enumerate(layers):
         for i, metric in enumerate(metrics):
             ax = axes[i, j]
-            for (name, seed), g in grid[grid.layer == layer].groupby(["recipe", "seed"], sort=False):
-                g = g.sort_values("l0")
-                ax.plot(g.l0, g[metric], marker="o", ms=3.5, color=colors.get(name), alpha=0.9 if seed == 0 else 0.5,
+            for (name, seed), g in grid[(grid.layer == layer) & (grid.l0 > 8) & (grid.l0 < 80)].groupby(
+                    ["recipe", "seed"], sort=False):
+                g = g.sort_values("l0").dropna(subset=[metric])
+                ax.plot(g.l0, g[metric], marker="o", ms=3, color=colors[name], alpha=0.9 if seed == 0 else 0.5,
                         ls="-" if seed == 0 else "--", label=name if seed == 0 else None)
             ax.axvspan(20, 40, color="0.92", zorder=0)
             ax.set(xscale="log", title=f"layer {layer}" if i == 0 else None, ylabel=labels[metric] if j == 0 else None)
+            ax.set_xticks([10, 15, 20, 25, 30, 40, 60])
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.grid(alpha=0.3)
             if metric == "ce_recovered":
                 ax.set_ylim(max(0.5, float(grid[metric].min()) - 0.02), 1.0)
         axes[-1, j].set_xlabel("L0 (active features per token, log)")
-    axes[0, 0].legend(fontsize=8, loc="upper right")
-    fig.suptitle("tiny resid_post, 512 features: frontier on 10k held-out rows (solid: seed 0, dashed: seed 1; "
-                 "grey band: L0 20-40)", fontsize=10)
+    legend = {}  # every recipe once, in the order it first appears in any column
+    for ax in axes[0]:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.95))
+    fig.suptitle(f"{title}\n(solid: seed 0, dashed: seed 1; grey band: L0 20-40)", fontsize=10)
     fig.tight_layout()
-    path = OUT / f"frontier{args.suffix}.png"
-    fig.savefig(path, dpi=110)
-    print(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def cmd_timing(args) -> None:
@@ -601,33 +859,52 @@ def cmd_timing(args) -> None:
 
 
 def cmd_tables(args) -> None:
-    """The ablation and frontier grids (every *_grid*.csv) interpolated to L0 = 30: written as
-    *_at_l0_30.csv and printed as markdown tables."""
+    """Every *_grid*.csv (ablation, frontier, dense) interpolated to L0 = 20, 25 and 30 (linear in log L0
+    between the two grid points on either side): written as *_at_l0_<L0>.csv, and printed as one markdown
+    table per grid kind (a row per recipe, layer and seed; FVU / dense / dead / CE at each L0), with the
+    number of dense features and each grid's coverage (brackets L0 15-45 with >= 3 points in 20-40)."""
     import pandas as pd
 
-    cols = ["recipe", "layer", "seed", "coef", "fvu", "dense", "dead", "ce_recovered", "seconds_per_sae"]
-    for pattern in ("ablation_grid", "frontier_grid"):
+    cols = ["recipe", "layer", "seed", "coef", "fvu", "dense", "dead", "ce_recovered", "seconds_per_sae", "coverage"]
+    for pattern in ("ablation_grid", "frontier_grid", "dense_grid"):
         files = sorted(OUT.glob(f"{pattern}{args.suffix}*.csv"))
         if not files:
             continue
         grid = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
-        rows = []
-        for (recipe, layer, seed), g in grid.groupby(["recipe", "layer", "seed"], sort=False):
-            n_coefs = g.coef.nunique()
-            rows.append({"recipe": recipe, "layer": layer, "seed": seed, **at_l0(g.to_dict("records")),
-                         "seconds_per_sae": g.train_seconds_all.iloc[0] / n_coefs})
-        table = pd.DataFrame(rows)
-        table = table[[c for c in cols if c in table]]
-        write_csv(table.to_dict("records"), pattern.replace("_grid", f"_at_l0_{TARGET_L0:g}") + args.suffix)
-        print(f"\n{pattern} (interpolated to L0 = {TARGET_L0:g})\n")
-        print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
-        for _, r in table.iterrows():
-            print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r) + " |")
+        wide = {}
+        for target in TARGETS:
+            rows = []
+            for (recipe, layer, seed), g in grid.groupby(["recipe", "layer", "seed"], sort=False):
+                points = g.to_dict("records")
+                stacked = g.n_stacked if "n_stacked" in g else g.coef.nunique()
+                rows.append({"recipe": recipe, "layer": layer, "seed": seed, **at_l0(points, target),
+                             "seconds_per_sae": float((g.train_seconds_all / stacked).median()),
+                             "coverage": grid_coverage(points)})
+                n = int(g.n_features.iloc[0]) if "n_features" in g else N_FEATURES
+                wide.setdefault((recipe, layer, seed), {"n": n, "coverage": rows[-1]["coverage"]})[target] = rows[-1]
+            table = pd.DataFrame(rows)
+            table = table[[c for c in cols if c in table]]
+            write_csv(table.to_dict("records"), pattern.replace("_grid", f"_at_l0_{target:g}") + args.suffix)
+        print(f"\n{pattern}: FVU / dense (count of features) / dead / CE loss recovered, interpolated to L0 "
+              + ", ".join(f"{t:g}" for t in TARGETS) + "\n")
+        print("| recipe | layer | seed | " + " | ".join(f"L0 {t:g}" for t in TARGETS) + " | grid |")
+        print("|---|---|---|" + "---|" * (len(TARGETS) + 1))
+        for (recipe, layer, seed), v in wide.items():
+            cells = [cell(v[t], v["n"]) for t in TARGETS]
+            print(f"| {recipe} | {layer} | {seed} | " + " | ".join(cells) + f" | {v['coverage']} |")
+
+
+def cell(r: dict, n_features: int) -> str:
+    """'FVU / dense% (count) / dead% / CE' of one interpolated row, '—' where the grid does not bracket."""
+    if math.isnan(r.get("fvu", math.nan)):
+        return "—"
+    ce = "—" if math.isnan(r.get("ce_recovered", math.nan)) else f"{r['ce_recovered']:.3f}"
+    return (f"{r['fvu']:.3f} / {100 * r['dense']:.1f}% ({r['dense'] * n_features:.0f}) / {100 * r['dead']:.1f}% / {ce}")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["prepare", "ablation", "frontier", "figure", "timing", "tables"])
+    parser.add_argument("command", choices=["prepare", "ablation", "frontier", "dense", "figure", "timing", "tables"])
     parser.add_argument("--layers", default="1,2,3")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--quick", action="store_true", help="layer 2, seed 0, every other coefficient")
@@ -641,7 +918,7 @@ def main(argv=None) -> None:
     if args.command == "prepare":
         prepare()
     else:
-        commands = {"ablation": cmd_ablation, "frontier": cmd_frontier, "figure": cmd_figure, "timing": cmd_timing,
+        commands = {"ablation": cmd_ablation, "frontier": cmd_frontier, "dense": cmd_dense, "figure": cmd_figure, "timing": cmd_timing,
                     "tables": cmd_tables}
         commands[args.command](args)
 
