@@ -216,7 +216,7 @@ def train(recipe: Recipe, rows: torch.Tensor, coefs, seed: int = 0):
     data = rows if recipe.rows is None else rows[:recipe.rows]
     scale = 1.0
     if recipe.normalize:
-        from saelab.initialise import row_scale
+        from saelab.training.initialise import row_scale
         scale = row_scale(data)
         data = data / scale
     k, (n_data, d) = len(coefs), data.shape
