@@ -195,7 +195,7 @@ def _setup(model_name: str, out: Path, seed: int, device, settings: LabSettings,
                    f"d_model {model.cfg.d_model}) on {dev}; seed {seed}; saelab {__version__}. Tied ReLU SAEs with "
                    f"{settings.n_features_per_dim * model.cfg.d_model} features ({settings.n_features_per_dim} × "
                    f"d_model) on <code>resid_post</code>, trained with the lab's recipe (<code>TrainConfig.lab()</code>: "
-                   f"one epoch, rows normalised to mean squared norm d_model) on the shipped training texts and "
+                   f"{settings.train.epochs} epochs, rows normalised to mean squared norm d_model) on the shipped training texts and "
                    f"evaluated on held-out test texts. Tables are in <code>tables/</code>, "
                    f"figures in <code>figures/</code>, SAEs (SAELens format) in <code>saes/</code>, feature cards in "
                    f"<code>cards/</code>; <code>manifest.json</code> lists the run's settings and files.</p>")

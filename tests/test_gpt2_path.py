@@ -61,10 +61,11 @@ def test_tokenizer_is_gpt2_format_with_bos(gpt2_model):
 
 
 def test_activations_and_tied_sae_on_gpt2_shapes(gpt2_model, train_texts):
-    acts = collect_activations(gpt2_model, train_texts[:4], [1, 11], context_length=32, progress=False)
+    acts = collect_activations(gpt2_model, train_texts[:4], [1, 11], context_length=32, max_tokens=200,
+                               progress=False)
     assert acts.layers == (1, 11) and acts.model_name == "gpt2"
     rows = acts[11].rows
-    assert rows.shape[1] == 768 and 4 <= rows.shape[0] <= 4 * 31 and torch.isfinite(rows).all()
+    assert rows.shape == (200, 768) and torch.isfinite(rows).all()   # 32-token windows, cut at max_tokens
     sae = TiedSAE(768, 4 * 768, seed=0)
     features = sae.encode(rows)
     assert features.shape == (rows.shape[0], 3072) and (features >= 0).all()
@@ -97,7 +98,7 @@ def test_cli_run_on_gpt2_small_completes(gpt2_hf_home, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"] == "gpt2-small" and manifest["settings"]["max_tokens"] == 2000
     cfg = json.loads((out / "saes" / "sweep_layer6_coef4" / "cfg.json").read_text())
-    assert cfg["d_in"] == 768 and cfg["metadata"]["steps"] == 8       # one epoch of 2,000 rows: 8 steps of 256
+    assert cfg["d_in"] == 768 and cfg["metadata"]["steps"] == 16      # two epochs of 2,000 rows: 16 steps of 256
     assert cfg["metadata"]["saelab_input_scale"] > 0
 
 

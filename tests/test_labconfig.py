@@ -45,7 +45,7 @@ def test_the_recipe_is_recorded_with_the_sae(tmp_path):
     rows = torch.randn(600, 16, generator=torch.Generator().manual_seed(0)) * 7
     sae = TiedSAE(16, 64, seed=0)
     result = train_sae(sae, rows, 1.0, config=TrainConfig.lab(progress=False))
-    assert result.steps_done == math.ceil(600 / 256)   # one epoch: the steps follow the rows
+    assert result.steps_done == 2 * math.ceil(600 / 256)   # two epochs: the steps follow the rows
     meta = sae.metadata
     assert (meta["betas"], meta["lr_decay"], meta["normalize"], meta["init_density"]) == ([0.9, 0.99], 0.2, True, 0.05)
     assert sae.input_scale == pytest.approx(7.0, rel=0.1)
@@ -73,7 +73,7 @@ def test_lab_settings_follow_the_model_the_size_and_max_tokens(monkeypatch):
 
 def test_small_max_tokens_means_small_work_and_the_estimate_says_so():
     full, small = lab_settings("gpt2-small", size="full"), lab_settings("gpt2-small", max_tokens=3000, size="full")
-    assert small.train.n_steps(3000) == 12 and full.train.n_steps(200_000) == 782
+    assert small.train.n_steps(3000) == 24 and full.train.n_steps(200_000) == 1564   # two epochs of 256
     cpu_full, cpu_small = estimate_seconds(full, GPT2_CFG, "cpu"), estimate_seconds(small, GPT2_CFG, "cpu")
     assert cpu_small < 600 and 10 * cpu_small < cpu_full      # minutes for 3,000 rows, hours for 200,000
     assert estimate_seconds(full, GPT2_CFG, "cuda") < cpu_full / 10

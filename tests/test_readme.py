@@ -30,7 +30,7 @@ def test_library_in_five_lines_runs(monkeypatch, capsys):
         exec(compile(code, str(README), "exec"), namespace)
     result, sae = namespace["result"], namespace["sae"]
     assert isinstance(result, saelab.TrainResult) and result.sae is sae and not result.interrupted
-    assert sae.metadata["layer"] == 2 and sae.metadata["epochs"] == 1 and sae.metadata["normalize"] is True
+    assert sae.metadata["layer"] == 2 and sae.metadata["epochs"] == 2 and sae.metadata["normalize"] is True
     rows = namespace["acts"]
     fresh = saelab.TiedSAE(sae.d_in, sae.d_sae, seed=0)   # the same start, untrained
     assert result.train_metrics.fvu < 0.8 * saelab.evaluate(fresh, rows).fvu   # it learned

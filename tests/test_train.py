@@ -316,3 +316,31 @@ def test_a_non_finite_gradient_with_a_finite_loss_is_caught_at_the_next_log(monk
         train_sae(sae, _data(), steps=30, batch_size=8, seed=0, device="cpu", progress=False, log_every=5)
     for p, q in zip(sae.parameters(), reference.sae.parameters()):
         assert torch.equal(p, q)
+
+
+def test_dense_l1_weighs_the_penalty_of_features_above_the_target_density():
+    """The running density follows the batches; only features above dense_target get (1 + dense_l1)."""
+    from saelab.training.config import TrainConfig
+    from saelab.training.trainer import _Stack
+    stack = _Stack([TiedSAE(4, 3, seed=0)], [1.0], TrainConfig(dense_l1=0.5, dense_target=0.3, density_decay=0.5), "cpu")
+    features = torch.tensor([[[1.0, 0.0, 0.0], [2.0, 0.0, 1.0], [1.0, 0.0, 0.0], [3.0, 0.0, 0.0]]])  # 100%, 0%, 25%
+    assert stack.dense_weight(features).tolist() == [[[1.5, 1.0, 1.0]]]
+    torch.testing.assert_close(stack.density, torch.tensor([[1.0, 0.0, 0.25]]))
+    more = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]])   # 0%, 0%, 100%
+    assert stack.dense_weight(more).tolist() == [[[1.5, 1.0, 1.5]]]          # (1 + 0) / 2 and (0.25 + 1) / 2
+    plain = _Stack([TiedSAE(4, 3, seed=0)], [1.0], TrainConfig(), "cpu")
+    assert plain.dense_weight(features) is None                              # the seed's loss: untouched
+
+
+def test_dense_l1_leaves_fewer_dense_features(model, train_texts):
+    """On tiny's rows (where the seed's loss leaves most features dense at this size), the extra penalty
+    on features above 5% density halves the dense ones; the setting is recorded only where it acted."""
+    import saelab
+    rows = saelab.collect_activations(model, train_texts[:12], 2, max_tokens=4000, progress=False)[2]
+    dense = {}
+    for dense_l1 in (0.0, 2.0):
+        sae = TiedSAE(128, 256, seed=0)
+        result = train_sae(sae, rows, 1.0, config=saelab.TrainConfig.lab(progress=False, epochs=3, dense_l1=dense_l1))
+        dense[dense_l1] = int((result.train_metrics.feature_density > 0.1).sum())
+        assert ("dense_l1" in sae.metadata) == bool(dense_l1)
+    assert dense[2.0] < 0.7 * dense[0.0], dense

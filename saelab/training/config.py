@@ -35,6 +35,10 @@ class TrainConfig:
     init_density: set each b_enc_i so that feature i fires on this fraction of 8192 sampled training
     rows before training (None: nn.Linear's bias). normalize, init_norm and init_density act on an
     untrained SAE only (one without a recorded trainer); a trained SAE keeps its weights and scale.
+    dense_l1: an extra sparsity penalty, dense_l1 times the SAE's own, on the features whose running
+    firing density (an exponential average over batches, `density_decay` per batch) is above
+    `dense_target`; 0 (the seed's loss) turns it off. It changes only how training moves: the SAE's
+    loss as `compute_loss` reports it, and its inference math, stay the seed's.
     """
     lr: float = 1e-3
     batch_size: int = 64
@@ -49,6 +53,9 @@ class TrainConfig:
     normalize: bool = False
     init_norm: float | None = None
     init_density: float | None = None
+    dense_l1: float = 0.0
+    dense_target: float = 0.05
+    density_decay: float = 0.99
 
     def __post_init__(self):
         checked = {"lr": check_float("lr", self.lr, minimum=0.0, strict=True),   # plain Python numbers (JSON-able)
@@ -64,7 +71,10 @@ class TrainConfig:
                    "init_norm": None if self.init_norm is None else check_float("init_norm", self.init_norm,
                                                                                 minimum=0.0, strict=True),
                    "init_density": None if self.init_density is None else check_fraction(
-                       "init_density", self.init_density, open_low=True, open_high=True)}
+                       "init_density", self.init_density, open_low=True, open_high=True),
+                   "dense_l1": check_float("dense_l1", self.dense_l1, minimum=0.0),
+                   "dense_target": check_fraction("dense_target", self.dense_target, open_low=True, open_high=True),
+                   "density_decay": check_fraction("density_decay", self.density_decay, open_high=True)}
         for name, value in checked.items():
             object.__setattr__(self, name, value)
         resolve_device(self.device)  # validates
@@ -101,16 +111,20 @@ class TrainConfig:
         return {"optimizer": "Adam", "lr": self.lr, "batch_size": self.batch_size,
                 "epochs": self.epochs if self.steps is None else None, "steps": self.n_steps(n),
                 "seed": self.seed, "n_train_tokens": n, "betas": list(self.betas), "lr_decay": self.lr_decay,
-                "normalize": self.normalize, "init_norm": self.init_norm, "init_density": self.init_density}
+                "normalize": self.normalize, "init_norm": self.init_norm, "init_density": self.init_density,
+                **({"dense_l1": self.dense_l1, "dense_target": self.dense_target,     # only when it acted
+                    "density_decay": self.density_decay} if self.dense_l1 else {})}
 
 
-#: The lab's recipe (`TrainConfig.lab()`; issue 12, measured in benchmarks/RESULTS.md): one epoch over
-#: all training rows at batch 256 and lr 5e-3; rows normalised to mean squared norm d_model (so the
+#: The lab's recipe (`TrainConfig.lab()`; issues 12 and 22, measured in benchmarks/RESULTS.md): two epochs
+#: over all training rows at batch 256 and lr 5e-3; rows normalised to mean squared norm d_model (so the
 #: coefficients mean the same on every model); W's rows at norm 1 and biases that start every feature
 #: firing on 5% of the rows (this keeps training out of the "dense basis" the seed's init falls into);
-#: Adam beta2 0.99 and lr decay over the last 20%. The seed's loss and inference math are unchanged.
-LAB_RECIPE = {"lr": 5e-3, "batch_size": 256, "epochs": 1, "betas": (0.9, 0.99), "lr_decay": 0.2,
-              "normalize": True, "init_norm": 1.0, "init_density": 0.05}
+#: Adam beta2 0.99 and lr decay over the last 20%; half again the sparsity penalty on features firing on
+#: more than 5% of the rows (dense_l1: fewer dense features at the same L0, the second epoch buying back
+#: the reconstruction). The seed's loss and inference math are unchanged.
+LAB_RECIPE = {"lr": 5e-3, "batch_size": 256, "epochs": 2, "betas": (0.9, 0.99), "lr_decay": 0.2,
+              "normalize": True, "init_norm": 1.0, "init_density": 0.05, "dense_l1": 0.5}
 
 
 def _check_betas(betas) -> tuple[float, float]:

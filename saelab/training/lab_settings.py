@@ -4,7 +4,7 @@
     settings = lab_settings("gpt2-small", max_tokens=3000)   # small --max-tokens: small work
     estimate_seconds(settings, model.cfg, "cpu")          # what `saelab run` prints for a slow run
 
-Training is one epoch over the rows (`TrainConfig.lab()`), so the steps follow the rows: a small
+Training is two epochs over the rows (`TrainConfig.lab()`), so the steps follow the rows: a small
 `max_tokens` means a small run on any model. The coefficients act on rows normalised to mean squared
 norm d_model (`TrainConfig.normalize`), so the grid and the chosen coefficient tell the same story
 on every model and layer. `SAELAB_LAB_SIZE=small` (or `size="small"`) gives the reduced sizes that
@@ -24,7 +24,7 @@ __all__ = ["LabSettings", "lab_settings", "estimate_seconds", "SWEEP_COEFS", "CO
 
 #: The sweep's coefficients on normalised rows: the original notebook's 1e-3 (far too weak: the
 #: penalty is the MEAN of |features|), then 0.5 to 8; COEF is the SAE studied after the sweep
-#: (L0 about 25 on tiny's layer 2, see benchmarks/RESULTS.md).
+#: (L0 about 21 on tiny's layer 2, see benchmarks/RESULTS.md).
 SWEEP_COEFS = (1e-3, 0.5, 1.0, 2.0, 4.0, 8.0)
 COEF = 4.0
 #: The environment variable that picks the sizes ("full", the default, or "small").
@@ -54,7 +54,7 @@ class LabSettings:
     max_tokens: training rows per layer (None: every row of the shipped training texts);
     eval_tokens: held-out rows; ce_texts: held-out texts for CE loss recovered; coefs / coef: the
     sweep's coefficients and the one studied after it; n_features_per_dim: the dictionary is this
-    times d_model; train: the TrainConfig (the lab's recipe, one epoch: steps follow the rows).
+    times d_model; train: the TrainConfig (the lab's recipe, two epochs: steps follow the rows).
     """
     model_name: str
     size: str

@@ -98,6 +98,8 @@ class _Stack:
         self.optimizer = adam([self.W, self.b_enc, self.b_dec], config.lr, config.betas)
         self.lr, self.scales = config.lr, [s.input_scale for s in saes]  # each SAE trains on rows / its scale
         self._sparsity_grads: dict[int, torch.Tensor] = {}
+        self.dense_l1, self.dense_target, self.density_decay = config.dense_l1, config.dense_target, config.density_decay
+        self.density = None  # [k, n_features] running firing density (only with dense_l1)
         self._all_finite = torch.ones((), dtype=torch.bool, device=device)
         self._n_finite = torch.zeros((), dtype=torch.int64, device=device)  # leading steps with finite gradients
 
@@ -121,18 +123,30 @@ class _Stack:
         features = torch.baddbmm(self.b_enc.unsqueeze(1), x, self.W.transpose(1, 2)).relu_()   # [k, rows, n_f]
         grad_out = torch.baddbmm(self.b_dec.unsqueeze(1), features, self.W).sub_(x)          # reconstruction - x
         values, recon = None, grad_out.pow(2).mean(dim=(1, 2))     # recon [k]: every step, to name a bad one
+        weight = self.dense_weight(features)                       # [k, 1, n_f] penalty multipliers, or None
         if with_loss:
             sparsity = features.mean(dim=(1, 2))
+            penalty = sparsity if weight is None else (features * weight).mean(dim=(1, 2))
             l0 = active(features).sum(dim=-1, dtype=torch.float32).mean(dim=-1)
-            values = torch.stack([recon + self.coef_t * sparsity, recon, sparsity, l0.to(recon.dtype)], dim=1)
+            values = torch.stack([recon + self.coef_t * penalty, recon, sparsity, l0.to(recon.dtype)], dim=1)
         grad_out.mul_(2.0 / (rows * d_model))                                                # d loss / d recon
-        self.W.grad, self.b_enc.grad, self.b_dec.grad, _ = tied_gradients(
-            x, self.W, features, grad_out, self.sparsity_grad(rows))
+        sparsity_grad = self.sparsity_grad(rows) if weight is None else self.sparsity_grad(rows) * weight
+        self.W.grad, self.b_enc.grad, self.b_dec.grad, _ = tied_gradients(x, self.W, features, grad_out, sparsity_grad)
         self.optimizer.step()
         for value in (recon, self.W.grad, self.b_enc.grad, self.b_dec.grad):  # on the device: no host sync
             self._all_finite &= torch.isfinite(value).all()
         self._n_finite += self._all_finite
         return values
+
+    def dense_weight(self, features: torch.Tensor) -> torch.Tensor | None:
+        """With dense_l1: [k, 1, n_f] 1 + dense_l1 where a feature's running density (updated with this
+        batch's features [k, rows, n_f]) is above dense_target, else 1; None without it (the seed's loss)."""
+        if not self.dense_l1:
+            return None
+        now = active(features).to(features.dtype).mean(dim=1)                                 # [k, n_f]
+        self.density = now if self.density is None else self.density.mul_(self.density_decay).add_(
+            now, alpha=1.0 - self.density_decay)
+        return (1.0 + self.dense_l1 * (self.density > self.dense_target).to(features.dtype)).unsqueeze(1)
 
     def first_bad_step(self) -> int:
         """The first step whose loss was not finite (counted on the device, without waiting on it)."""

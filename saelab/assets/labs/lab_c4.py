@@ -356,12 +356,14 @@ assert l0[-1] < l0[0], "the largest coefficient should give fewer active feature
 # ### 3c. The recipe: why not the seed's training loop?
 #
 # `RECIPE` (`saelab.TrainConfig.lab()`) keeps the seed's SAE and loss, and changes only how training
-# starts and moves: one epoch over every training row in batches of 256 at lr 5e-3; the rows normalised
+# starts and moves: two epochs over every training row in batches of 256 at lr 5e-3; the rows normalised
 # (3b); every row of $W$ starting at norm 1 (the seed's Kaiming rows have norm about 1.7); each $b_{enc,i}$
 # set so that feature $i$ fires on 5% of a sample of rows at the start; Adam's $\beta_2$ = 0.99 instead of
-# 0.999, and the lr falling linearly to 0 over the last 20% of steps. Below, the seed's loop (the same rows,
-# normalisation, batches and lr, but the seed's start and constant lr) against the recipe, compared at the
-# same L0, where a reconstruction number means something. `sweep.at_l0` interpolates a sweep to a given L0.
+# 0.999; the lr falling linearly to 0 over the last 20% of steps; and half again the sparsity penalty on
+# any feature that has been firing on more than 5% of the rows (`dense_l1`: the loss the SAE is measured
+# by stays the seed's). Below, the seed's loop (the same rows, normalisation, batches, epochs and lr, but
+# the seed's start, constant lr and plain penalty) against the recipe, compared at the same L0, where a
+# reconstruction number means something. `sweep.at_l0` interpolates a sweep to a given L0.
 
 # %%
 seed_loop = saelab.TrainConfig(lr=RECIPE.lr, batch_size=RECIPE.batch_size, epochs=RECIPE.epochs, normalize=True)
@@ -397,8 +399,9 @@ plt.show()
 # settle into a "dense basis": a few dozen features fire on most tokens and carry most of the L0 and of
 # the reconstruction, while the rest fire rarely and add little. A feature that fires almost everywhere
 # says little about any one token, so it cannot be read as a concept. Starting every feature sparse (5%
-# of tokens) at a modest norm keeps training away from that solution, and the lr decay settles the
-# weights at the end. (benchmarks/RESULTS.md in the repository measures each change alone.)
+# of tokens) at a modest norm keeps training away from that solution, the extra penalty on features that
+# drift above 5% pushes them back, and the lr decay settles the weights at the end.
+# (benchmarks/RESULTS.md in the repository measures each change alone.)
 # END SOLUTION
 
 # %% [markdown]
