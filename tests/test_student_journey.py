@@ -8,7 +8,7 @@ them) must be the pass line for (a) and the check's message for (b) and (c), nev
 stack trace, and the cell must fail (reply status "error") for (b) and (c), so "Run all" stops there.
 Also here: the install cell's contract (it installs only INSTALL_SOURCE).
 """
-import importlib.util
+import importlib.metadata
 import os
 import re
 import subprocess
@@ -23,7 +23,7 @@ import saelab
 LAB = Path(saelab.__file__).resolve().parent / "assets" / "labs" / "lab_c4.py"
 ROOT = Path(__file__).resolve().parent.parent
 STUB = "not implemented yet"
-FIND_SPEC = importlib.util.find_spec
+VERSION = importlib.metadata.version
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 # check -> [(label, edits to the solution cell [(old, new)], words the check must show)]
@@ -223,8 +223,11 @@ def test_one_install_source_line_and_no_other_cell_installs(notebooks_built):
 def _run_install_cell(source, monkeypatch, missing=True):
     """Run the install cell's source here, with saelab `missing` or not and pip calls recorded, not run."""
     calls = []
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "saelab" and missing
-                        else FIND_SPEC(name, *a))
+    def version(name):
+        if name == "saelab" and missing:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return VERSION(name)
+    monkeypatch.setattr(importlib.metadata, "version", version)
     monkeypatch.setattr(subprocess, "check_call", lambda cmd, *a, **k: calls.append(cmd) or 0)
     exec(compile(source, "<install cell>", "exec"), {})
     return calls
@@ -248,5 +251,5 @@ def test_install_cell_installs_exactly_the_source_it_was_given(notebooks_built, 
     filled = source.replace("INSTALL_SOURCE = None", f"INSTALL_SOURCE = {wheel!r}")
     assert filled != source
     (cmd,) = _run_install_cell(filled, monkeypatch)
-    assert cmd[:4] == [sys.executable, "-m", "pip", "install"] and cmd[-1] == wheel
+    assert cmd[:4] == [sys.executable, "-m", "pip", "install"] and cmd[-1] == f"saelab[saelens] @ {wheel}"
     assert all(arg.startswith("-") for arg in cmd[4:-1])  # options only: nothing else is installed

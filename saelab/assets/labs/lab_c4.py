@@ -48,20 +48,25 @@
 # Install saelab if this kernel lacks it, from INSTALL_SOURCE only: the course's wheel (a URL or a path)
 # or git URL, which `saelab notebooks build --install-source ...` writes into the line below.
 import importlib
-import importlib.util
+import importlib.metadata
+import pathlib
 import subprocess
 import sys
 
 INSTALL_SOURCE = None
-if importlib.util.find_spec("saelab") is None:
+try:  # an installed saelab distribution: a folder named saelab/ beside the notebook (a clone) does not count
+    importlib.metadata.version("saelab")
+except importlib.metadata.PackageNotFoundError:
     if INSTALL_SOURCE is None:
         raise ModuleNotFoundError(
             "saelab is not installed in this kernel's Python (" + sys.executable + ").\n"
             "Install it from a copy of the saelab repository, as its README says, in a terminal:\n"
             "    python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e \".[notebooks]\"\n"
             "then open this notebook with that environment's Jupyter (jupyter lab notebooks/lab_c4.ipynb).\n"
-            "On Colab: set INSTALL_SOURCE in this cell to the wheel or git URL your course gives, and run it again.")
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", INSTALL_SOURCE])
+            "On Colab: set INSTALL_SOURCE in this cell to the wheel or git URL your course gives, and run it again.") from None
+    # with the saelens extra (the lab compares its SAE with a SAELens one); a path becomes a file:// URL
+    url = INSTALL_SOURCE if "://" in INSTALL_SOURCE else pathlib.Path(INSTALL_SOURCE).resolve().as_uri()
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "saelab[saelens] @ " + url])
     importlib.invalidate_caches()
 
 # %%
