@@ -84,8 +84,10 @@ def test_cells_get_nbgrader_roles(course):
 
 def test_points_are_checked(course):
     source, _ = course
-    with pytest.raises(ValueError, match="points: expected a positive number of points, got 0"):
+    with pytest.raises(ValueError, match=r"^points: expected a finite number > 0.0, got int 0"):
         grading.render_nbgrader(notebooks.read_source(source), points=0)
+    with pytest.raises(ValueError, match=r"^written_points: expected a finite number > 0.0, got bool True"):
+        grading.render_nbgrader(notebooks.read_source(source), written_points=True)
 
 
 @pytest.mark.slow

@@ -22,8 +22,19 @@ SMALL = dataclasses.replace(lab_settings("tiny", max_tokens=MAX_TOKENS), eval_to
 
 @pytest.fixture(scope="module")
 def lab_run(tmp_path_factory):
+    import torch
     out = tmp_path_factory.mktemp("run")
-    return out, run_lab("tiny", out, seed=0, device="cpu", settings=SMALL, progress=False)
+    with torch.no_grad():                      # the caller's grad mode: run_lab must leave it as it was
+        path = run_lab("tiny", out, seed=0, device="cpu", settings=SMALL, progress=False)
+        assert not torch.is_grad_enabled()
+    return out, path
+
+
+def test_every_unit_names_a_column_the_report_shows(lab_run):
+    import pandas as pd
+    out, _ = lab_run
+    columns = set().union(*(pd.read_csv(f).columns for f in (out / "tables").glob("*.csv")))
+    assert set(report_module.UNITS) <= columns, set(report_module.UNITS) - columns
 
 
 def test_report_page_figures_and_cards(lab_run):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from saelab.course import notebooks
 from saelab.files import atomic_write_text
+from saelab.validate import check_float
 
 SCHEMA_VERSION = 3
 
@@ -56,9 +57,8 @@ def render_nbgrader(cells: list[notebooks.SourceCell], install_source: str | Non
     import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-    for name, value in (("points", points), ("written_points", written_points)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"{name}: expected a positive number of points, got {value!r}")
+    check_float("points", points, minimum=0.0, strict=True)
+    check_float("written_points", written_points, minimum=0.0, strict=True)
     kept = [(c, i) for c, i in zip(cells, notebooks.cell_ids(cells)) if c.only != "solution"]
     roles = [_role(c) for c, _ in kept]
     texts = [c.text("marked" if r in ("answer", "written") else "exercise") for (c, _), r in zip(kept, roles)]
