@@ -238,7 +238,8 @@ def _nb_errors(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except (ValueError, FileExistsError, FileNotFoundError) as e:
-        message = _in_cli_terms(str(e), {"install_source: ": "--install-source: ", "folder: ": "DIR: "})
+        message = _in_cli_terms(str(e), {"install_source: ": "--install-source: ", "folder: ": "DIR: ",
+                                           "lab source ": "--source "})
         if message is None and not isinstance(e, (SourceError, FileExistsError, FileNotFoundError)):
             raise
         raise UsageError(message or str(e)) from None

@@ -30,6 +30,7 @@ from pathlib import Path
 from saelab.course import notebooks
 from saelab.files import atomic_write_text
 from saelab.utils import ASSETS_DIR
+from saelab.validate import check_install_source
 
 DIGITS = 3
 IMAGE_TOLERANCE = 0.01
@@ -176,6 +177,13 @@ def run_solution(root: Path, source: Path, model: str | None = None, timeout: in
     return clean_outputs(nb, machine_paths(folder, Path(root).resolve(), Path.cwd()))
 
 
+def _resolve(root, sources, run: dict) -> tuple[Path, list[Path]]:
+    """`notebooks.resolve`, and `run`'s install source checked before any kernel starts."""
+    if run.get("install_source") is not None:
+        check_install_source("install_source", run["install_source"])
+    return notebooks.resolve(root, sources)
+
+
 def execute(root=None, sources=None, **run) -> list[tuple[Path, str]]:
     """Re-run each source's solution notebook and write it, unless its outputs are unchanged.
 
@@ -183,7 +191,7 @@ def execute(root=None, sources=None, **run) -> list[tuple[Path, str]]:
     (path, what happened) pairs: "written" or "kept (outputs unchanged at 3 significant digits)".
     Nothing is written for a notebook whose execution fails (RuntimeError).
     """
-    root, sources = notebooks.resolve(root, sources)
+    root, sources = _resolve(root, sources, run)
     done = []
     for source in sources:
         nb = run_solution(root, source, **run)
@@ -203,7 +211,7 @@ def check_outputs(root=None, sources=None, **run) -> list[str]:
 
     `run`: keyword arguments of `run_solution` (model, timeout, env, install_source).
     """
-    root, sources = notebooks.resolve(root, sources)
+    root, sources = _resolve(root, sources, run)
     problems = []
     for source in sources:
         path = notebooks.target(root, source, "solution")
