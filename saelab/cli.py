@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -185,12 +186,23 @@ def _missing_action(parser: argparse.ArgumentParser, what: str, choices) -> int:
     return 2
 
 
+_SIGNALS: list[int] = []   # SIGTERMs received while a command ran
+
+
+def _on_sigterm(signum, _frame) -> None:
+    """SIGTERM behaves as Ctrl-C (each writer's temp is removed on the way out), then exits 143."""
+    _SIGNALS.append(signum)
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
-    """Entry point of the `saelab` command; returns the exit status."""
+    """Entry point of the `saelab` command; returns the exit status (Ctrl-C: 130, SIGTERM: 143)."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the command they follow (`saelab run: error: ...`), not by `saelab`
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    _SIGNALS.clear()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.handler(args)
     except UsageError as e:
@@ -200,8 +212,11 @@ def main(argv=None) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("saelab: interrupted", file=sys.stderr)
-        return 130
+        signum = _SIGNALS[-1] if _SIGNALS else signal.SIGINT
+        print(f"saelab: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ------------------------------------------------------------------------------------- notebooks

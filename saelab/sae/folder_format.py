@@ -91,7 +91,7 @@ def _check_finite_json(name: str, value) -> None:
 
 def save_tied(sae, path) -> Path:
     """Write `sae` as the SAELens folder `path/` (see `TiedSAE.save`); returns the folder."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from saelab import __version__
 
@@ -119,7 +119,7 @@ def save_tied(sae, path) -> Path:
            "metadata": metadata}
     folder = Path(path)
     with atomic_folder(folder, replaceable=SAE_FOLDER_FILES) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_FILENAME))
+        (tmp / WEIGHTS_FILENAME).write_bytes(save(tensors))   # a full disk raises OSError(ENOSPC) here
         (tmp / CFG_FILENAME).write_text(json.dumps(cfg, indent=2, allow_nan=False), encoding="utf-8")
     return folder
 
