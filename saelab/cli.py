@@ -58,8 +58,8 @@ COMMAND_HELP = {  # name: (one line for the command list, the command's --help d
             "tables as CSV (DIR/tables), the trained SAEs in SAELens format (DIR/saes), the feature cards "
             "(DIR/cards) and DIR/manifest.json (seed, model, settings, every file and its size). The run is "
             "written beside DIR and moved into place only when complete: an interrupted or failed run leaves DIR "
-            "as it was. Rerunning into a DIR that holds a previous run replaces that run whole; a DIR holding "
-            "anything else is refused, and nothing is deleted."),
+            "as it was (Ctrl-C: exit 130, SIGTERM: 143). A rerun replaces a previous run whole; anything in DIR its "
+            "manifest.json does not list makes it refuse, deleting nothing; a second run into DIR is refused."),
     "notebooks": ("build, check or execute the lab's notebooks",
                   "Each lab has one source (saelab/assets/labs/*.py, Jupytext's percent format with "
                   "'# BEGIN SOLUTION' / '# END SOLUTION' markers) from which the exercise notebook "
