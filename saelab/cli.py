@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -57,8 +58,8 @@ COMMAND_HELP = {  # name: (one line for the command list, the command's --help d
             "tables as CSV (DIR/tables), the trained SAEs in SAELens format (DIR/saes), the feature cards "
             "(DIR/cards) and DIR/manifest.json (seed, model, settings, every file and its size). The run is "
             "written beside DIR and moved into place only when complete: an interrupted or failed run leaves DIR "
-            "as it was. Rerunning into a DIR that holds a previous run replaces that run whole; a DIR holding "
-            "anything else is refused, and nothing is deleted."),
+            "as it was (Ctrl-C: exit 130, SIGTERM: 143). A rerun replaces a previous run whole; anything in DIR its "
+            "manifest.json does not list makes it refuse, deleting nothing; a second run into DIR is refused."),
     "notebooks": ("build, check or execute the lab's notebooks",
                   "Each lab has one source (saelab/assets/labs/*.py, Jupytext's percent format with "
                   "'# BEGIN SOLUTION' / '# END SOLUTION' markers) from which the exercise notebook "
@@ -185,12 +186,23 @@ def _missing_action(parser: argparse.ArgumentParser, what: str, choices) -> int:
     return 2
 
 
+_SIGNALS: list[int] = []   # SIGTERMs received while a command ran
+
+
+def _on_sigterm(signum, _frame) -> None:
+    """SIGTERM behaves as Ctrl-C (each writer's temp is removed on the way out), then exits 143."""
+    _SIGNALS.append(signum)
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
-    """Entry point of the `saelab` command; returns the exit status."""
+    """Entry point of the `saelab` command; returns the exit status (Ctrl-C: 130, SIGTERM: 143)."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the command they follow (`saelab run: error: ...`), not by `saelab`
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    _SIGNALS.clear()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.handler(args)
     except UsageError as e:
@@ -200,8 +212,11 @@ def main(argv=None) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("saelab: interrupted", file=sys.stderr)
-        return 130
+        signum = _SIGNALS[-1] if _SIGNALS else signal.SIGINT
+        print(f"saelab: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ------------------------------------------------------------------------------------- notebooks
@@ -238,7 +253,8 @@ def _nb_errors(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except (ValueError, FileExistsError, FileNotFoundError) as e:
-        message = _in_cli_terms(str(e), {"install_source: ": "--install-source: ", "folder: ": "DIR: "})
+        message = _in_cli_terms(str(e), {"install_source: ": "--install-source: ", "folder: ": "DIR: ",
+                                           "lab source ": "--source "})
         if message is None and not isinstance(e, (SourceError, FileExistsError, FileNotFoundError)):
             raise
         raise UsageError(message or str(e)) from None

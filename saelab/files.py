@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import re
 import secrets
 import shutil
+import warnings
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 TEMP_TAG = ".saelab-tmp-"
 _ACTIVE: set[str] = set()   # temps this process is writing now (never reclaimed)
@@ -76,10 +78,18 @@ def reclaim_stale(parent: Path, prefix: str) -> list[Path]:
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path, onerror=_make_writable_and_retry)
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _make_writable_and_retry(func, failed: str, _exc_info) -> None:
+    """rmtree's error handler: a folder its owner made read-only (mode 555, e.g. an old SAE folder) is
+    made writable, then the removal is tried again; what still fails stays (see `_swapped_in`)."""
+    with contextlib.suppress(OSError):
+        os.chmod(os.path.dirname(failed), 0o700)
+        func(failed)
 
 
 def _new_temp(parent: Path, prefix: str) -> Path:
@@ -146,30 +156,49 @@ def exchange(a: Path, b: Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_folder(path, replaceable: Iterable[str] = ()) -> Iterator[Path]:
+def atomic_folder(path, replaceable: Iterable[str] | Callable[[Path], list[str]] = (),
+                  lock: bool = False) -> Iterator[Path]:
     """Yield an empty temp folder beside `path`; fill it; on success it takes the place of `path`.
 
     An existing `path` is replaced whole, and only when it is empty or holds nothing but names
-    matching `replaceable` (names or fnmatch patterns; so a mistyped path never deletes anyone's files). The swap is one atomic
+    matching `replaceable` (names or fnmatch patterns; or a function of the folder returning what in it
+    must not be deleted; so a mistyped path never deletes anyone's files). The swap is one atomic
     exchange where the system has it (Linux); elsewhere two renames, between which `path` is briefly
     absent (a kill at that instant leaves the old folder under a temp name, which the next write
-    removes). On any exception the temp folder is removed and `path` is untouched.
+    removes). On any exception the temp folder is removed and `path` is untouched. With `lock`, the
+    write holds `writer_lock(path)` throughout: a second writer of `path` is refused.
     """
     target = _target(path)
+    with writer_lock(target) if lock else contextlib.nullcontext():
+        _check_replaceable(target, replaceable)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        reclaim_stale(target.parent, temp_prefix(target))
+        tmp = _new_temp(target.parent, temp_prefix(target))
+        with _swapped_in(tmp, target):
+            yield tmp
+
+
+def _check_replaceable(target: Path, replaceable) -> None:
     if target.exists() and not target.is_dir():
         raise ValueError(f"path: expected a folder, got the existing file {target}")
-    if target.is_dir():
+    if not target.is_dir():
+        return
+    if callable(replaceable):
+        foreign = replaceable(target)
+    else:
         patterns = list(replaceable)
         foreign = sorted(p.name for p in target.iterdir() if not any(fnmatch(p.name, pat) for pat in patterns))
-        if foreign:
-            raise ValueError(f"path: {target} exists and holds {foreign[:5]}, which this save would delete; "
-                             f"save into a new folder, or remove them first")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    reclaim_stale(target.parent, temp_prefix(target))
-    tmp = _new_temp(target.parent, temp_prefix(target))
+    if foreign:
+        raise ValueError(f"path: {target} exists and holds {foreign[:5]}, which this save would delete; "
+                         f"save into a new folder, or remove them first")
+
+
+@contextlib.contextmanager
+def _swapped_in(tmp: Path, target: Path) -> Iterator[None]:
+    """Make the folder `tmp`; after the body, swap it in at `target`; remove what is left at `tmp`."""
     try:
         tmp.mkdir()
-        yield tmp
+        yield
         for item in sorted(tmp.rglob("*"), reverse=True):  # files before the folders holding them
             _fsync(item, directory=item.is_dir())
         _fsync(tmp, directory=True)
@@ -178,6 +207,9 @@ def atomic_folder(path, replaceable: Iterable[str] = ()) -> Iterator[Path]:
     finally:
         _ACTIVE.discard(str(tmp))
         _remove(tmp)  # after a swap: the old folder; after an error: the unfinished new one
+        if os.path.lexists(tmp):
+            warnings.warn(f"{tmp} (the previous {target.name} or an unfinished one) could not be removed: remove "
+                          f"it by hand", RuntimeWarning, stacklevel=3)
 
 
 def _swap_in(new: Path, target: Path) -> None:
@@ -198,6 +230,98 @@ def _swap_in(new: Path, target: Path) -> None:
         os.rename(old, new)
     finally:
         _ACTIVE.discard(str(old))
+
+
+@contextlib.contextmanager
+def writer_lock(target: Path) -> Iterator[Path]:
+    """Hold `.<name>.saelab-lock` beside `target`, a file holding this process's pid, while writing
+    `target`: a second writer gets RuntimeError naming the owner. A lock whose process is gone
+    (kill -9) is reclaimed. The lock file is created whole (written under a temp name, then hard-linked
+    into place), so no one ever reads a lock without its pid."""
+    lock = target.parent / f".{target.name}.saelab-lock"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    reclaim_stale(target.parent, temp_prefix(lock))
+    tmp = _new_temp(target.parent, temp_prefix(lock))
+    try:
+        tmp.write_text(f"{os.getpid()}\n", encoding="ascii")
+        _take(tmp, lock, target)
+    finally:
+        _ACTIVE.discard(str(tmp))
+        _remove(tmp)
+    try:
+        yield lock
+    finally:
+        if _lock_owner(lock) == os.getpid():
+            _remove(lock)
+
+
+def _take(tmp: Path, lock: Path, target: Path) -> None:
+    for _ in range(3):
+        try:
+            os.link(tmp, lock)
+            return
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is not None and owner_alive(owner):
+                raise RuntimeError(f"{target} is being written by process {owner} (lock {lock}); wait for it "
+                                   f"to finish, or write somewhere else") from None
+            _remove(lock)   # its writer is gone
+    raise RuntimeError(f"{target}: could not take the lock {lock} (other writers keep taking it)")
+
+
+def _lock_owner(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def not_listed(folder: Path, listed: set[str]) -> list[str]:
+    """The entries under `folder` (relative POSIX paths, in walking order) that are neither a `listed`
+    file nor a folder holding one; a symlink counts as a file and is not followed."""
+    holding = {"/".join(f.split("/")[:i]) for f in listed for i in range(1, f.count("/") + 1)}
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in dirs + sorted(files):
+            path = Path(root, name)
+            kind = listed if name in files or path.is_symlink() else holding
+            if path.relative_to(folder).as_posix() not in kind:
+                found.append(path.relative_to(folder).as_posix())
+    return found
+
+
+class NoSpaceError(OSError, RuntimeError):
+    """A full disk (errno ENOSPC) with a message naming the folder, the bytes needed where known and
+    the bytes free (`no_space`); a RuntimeError too, so the front doors print it as one line."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the file system that holds (or would hold) `folder`."""
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    return shutil.disk_usage(existing).free
+
+
+def no_space(folder: Path, what: str, needed: int | None = None) -> NoSpaceError:
+    """The one full-disk error: NoSpaceError naming `folder`, what was being written, the bytes needed
+    (if known) and the bytes free there."""
+    need = f"need {needed:,} bytes ({needed / 2**20:.1f} MiB), " if needed else ""
+    return NoSpaceError(errno.ENOSPC, f"not enough free space in {folder} for {what}: {need}"
+                                      f"{free_bytes(folder):,} bytes free")
+
+
+def check_free_space(folder: Path, what: str, needed: int) -> None:
+    """NoSpaceError (see `no_space`) unless `folder`'s file system has `needed` bytes free."""
+    if free_bytes(folder) < needed:
+        raise no_space(folder, what, needed)
 
 
 def make_temp_dir(parent: Path, prefix: str) -> Path:

@@ -17,7 +17,7 @@ from saelab.activations.windows import split_windows, tokenize
 from saelab.models import accumulation
 from saelab.results import Result, fmt
 from saelab.sae.interface import as_sae
-from saelab.utils import active, describe
+from saelab.utils import active, describe, zero_variance
 from saelab.validate import (check_bool, check_choice, check_context_length, check_hook, check_int, check_layer,
                              check_model, check_rows, check_texts)
 
@@ -77,8 +77,9 @@ class _Sums:
     def add(self, x: torch.Tensor, features: torch.Tensor, reconstruction: torch.Tensor) -> None:
         dtype, home, f64 = self.dtype, self.home, torch.float64
         self.sq_err += (reconstruction - x).pow(2).sum(dtype=dtype).to(home, f64)
-        self.sq_norm += x.pow(2).sum(dtype=dtype).to(home, f64)
-        self.x += x.sum(dim=0, dtype=dtype).to(home, f64)
+        wide = x.to(dtype)             # squared in the dtype of the sums, as the mean is: see zero_variance
+        self.sq_norm += wide.pow(2).sum().to(home, f64)
+        self.x += wide.sum(dim=0).to(home, f64)
         self.l1 += features.abs().sum(dtype=dtype).to(home, f64)
         self.active += active(features).sum(dim=0).to(home)
         self.n += x.shape[0]
@@ -93,7 +94,7 @@ def evaluate(sae, activations, batch_size: int = 4096) -> EvalResult:
       mse                = mean over rows and dimensions of (x - x_hat)^2 (the seed's recon loss; per
                            dimension, where SAELens's mse sums over the d_in dimensions)
       explained_variance = 1 - E||x - x_hat||^2 / (E||x||^2 - ||E x||^2)  (SAELens' formula; sums kept
-                           in float64); NaN if the rows have zero variance
+                           in float64); NaN if the rows have zero variance (`utils.zero_variance`)
       fvu                = 1 - explained_variance (fraction of variance unexplained)
       l0                 = mean number of active features (f != 0, as SAELens counts) per row
       l1                 = mean over rows of sum_i |f_i| (the seed's "sparsity" term is l1 / d_sae)
@@ -122,9 +123,11 @@ def evaluate_unchecked(sae, activations, batch_size: int = 4096) -> EvalResult:
         raise RuntimeError(f"activations: expected {n} rows while reading, got {sums.n}")
     if not math.isfinite(sums.sq_norm.item()):
         raise ValueError("activations: expected finite values, got rows containing NaN or inf")
-    variance = (sums.sq_norm / n - (sums.x / n).pow(2).sum()).item()
+    second_moment = (sums.sq_norm / n).item()
+    variance = second_moment - (sums.x / n).pow(2).sum().item()
     mse_per_row = (sums.sq_err / n).item()
-    explained = 1.0 - mse_per_row / variance if variance > 0 else math.nan
+    constant = zero_variance(variance, second_moment, sums.dtype)
+    explained = math.nan if constant else 1.0 - mse_per_row / variance
     density = (sums.active.double() / n).float().cpu()
     return EvalResult(
         mse=mse_per_row / sae.d_in,

@@ -22,8 +22,6 @@ N_STAGES = 7
 #: Column headers as displayed in the report (the CSV files keep the plain names).
 UNITS = {"mse": "mse (per dimension)", "ce_loss_clean": "ce_loss_clean (nats/token)",
          "ce_loss_spliced": "ce_loss_spliced (nats/token)"}
-#: What a finished run folder holds: a rerun into a folder holding only these replaces it whole.
-RUN_ENTRIES = ("report.html", "manifest.json", "figures", "tables", "saes", "cards")
 GLOSSARY = (
     ("MSE per dimension (mse)", "the mean of (x - x_hat)^2 over rows and over the d_model dimensions, in squared "
      "activation units. SAELens reports the sum over dimensions: its MSE is this times d_model."),
@@ -94,6 +92,27 @@ class _Report:
                 "</body></html>\n")
         path.write_text(page, encoding="utf-8")
         return path
+
+
+def not_in_manifest(folder: Path) -> list[str]:
+    """What in a previous run folder its manifest.json does not list (everything when it has no readable
+    manifest): what a rerun must not delete."""
+    import json
+
+    from saelab.files import not_listed
+    try:
+        listed = set(json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return not_listed(folder, set())
+    return not_listed(folder, listed | {"manifest.json"})
+
+
+def _unless_interrupted(result):
+    """`result`, unless Ctrl-C cut its training short: a run (unlike the notebook) keeps no partial SAEs,
+    so KeyboardInterrupt goes on to the caller (the CLI: "saelab: interrupted", the folder as it was)."""
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return result
 
 
 def _stage(n: int, total: int, text: str) -> None:
@@ -238,9 +257,10 @@ def _sweep_section(lab: _Lab, acts, test_acts):
     report = lab.report
     settings = lab.settings
     _stage(3, N_STAGES, f"sparsity sweep: {len(settings.coefs)} SAEs, {settings.train.n_steps(len(acts))} steps each")
-    sweep = sparsity_sweep(acts, coefs=settings.coefs, eval_activations=test_acts, config=lab.train,
-                           n_features=settings.n_features_per_dim * acts.width, model=lab.model,
-                           texts=lab.test_texts[:settings.ce_texts], progress=lab.progress, device=lab.device)
+    sweep = _unless_interrupted(sparsity_sweep(
+        acts, coefs=settings.coefs, eval_activations=test_acts, config=lab.train, device=lab.device,
+        n_features=settings.n_features_per_dim * acts.width, model=lab.model,
+        texts=lab.test_texts[:settings.ce_texts], progress=lab.progress))
     _save_saes(lab, sweep, lambda coef: f"sweep_layer{lab.layer}_coef{coef:g}")
     report.section("Part 3 (exercise 3): Sparsity sweep", sweep, "sparsity_sweep",
                    "One SAE per sparsity coefficient, measured on held-out rows. mse: squared error per dimension "
@@ -296,10 +316,10 @@ def _layers_section(lab: _Lab) -> None:
     report = lab.report
     _stage(5, N_STAGES, "early vs late layers")
     settings = lab.settings
-    layers = compare_layers(lab.model, lab.train_texts, max_tokens=settings.max_tokens, eval_texts=lab.test_texts,
-                            eval_max_tokens=settings.eval_tokens, sparsity_coef=settings.coef, config=lab.train,
-                            n_features=settings.n_features_per_dim * lab.model.cfg.d_model, progress=lab.progress,
-                            device=lab.device)
+    layers = _unless_interrupted(compare_layers(
+        lab.model, lab.train_texts, max_tokens=settings.max_tokens, eval_texts=lab.test_texts,
+        eval_max_tokens=settings.eval_tokens, sparsity_coef=settings.coef, config=lab.train,
+        n_features=settings.n_features_per_dim * lab.model.cfg.d_model, progress=lab.progress, device=lab.device))
     _save_saes(lab, layers, lambda layer: f"layer{layer}_coef{layers.settings['sparsity_coef']:g}")
     report.section("Part 5 (exercise 5): Early vs late layers", layers, "layer_comparison",
                    "One SAE per layer, same sparsity coefficient, held-out rows. mse is per dimension and grows with "
@@ -348,14 +368,16 @@ def run_lab(model_name: str, out: Path, seed: int = 0, device=None, max_tokens: 
 
     The run is written into a fresh folder beside `out` and swapped in only when complete, with
     `manifest.json` (seed, model, settings, every file and its size) written last: an interrupted
-    or failed run leaves `out` as it was (a previous run whole, or absent). A finished run replaces
-    a previous run in `out` whole; `out` holding anything but a run's files (RUN_ENTRIES) is refused
-    with ValueError("path: ...") before any work. Sizes and recipe: `settings`, else
-    `training.lab_settings(model_name, max_tokens)` (max_tokens: training rows per layer; steps
-    follow the rows), the same settings the notebook uses. `announce(model,
-    device)`, if given, is called once the model is loaded, before the long work (the CLI's estimate).
+    or failed run leaves `out` as it was (Ctrl-C during training: KeyboardInterrupt, no partial SAEs
+    kept). A finished run replaces a previous run in `out` whole; `out` holding anything its manifest
+    does not list (`not_in_manifest`) is refused with ValueError("path: ...") before any work. A second
+    run into `out` while one runs: RuntimeError naming its pid (`files.writer_lock`). A full disk
+    (checked against `estimate_bytes` once the model is loaded): `files.NoSpaceError`. Sizes and recipe:
+    `settings`, else `training.lab_settings(model_name, max_tokens)` (max_tokens: training rows per layer),
+    the same settings the notebook uses. `announce(model, device)`, if given, is called once the model
+    is loaded, before the long work (the CLI's estimate).
     """
-    from saelab.files import atomic_folder
+    from saelab.files import NO_SPACE_ERRNOS, NoSpaceError, no_space
 
     started = time.perf_counter()
     if settings is None:
@@ -366,8 +388,22 @@ def run_lab(model_name: str, out: Path, seed: int = 0, device=None, max_tokens: 
         raise ValueError(f"max_tokens: expected None when settings are given (set settings.max_tokens instead), "
                          f"got {max_tokens}")
     out = Path(out)
-    with atomic_folder(out, replaceable=RUN_ENTRIES) as folder:
+    try:
+        return _run(model_name, out, seed, device, settings, progress, announce, started)
+    except OSError as e:   # a full disk found while writing: one message naming the folder
+        if e.errno not in NO_SPACE_ERRNOS or isinstance(e, NoSpaceError):
+            raise
+        raise no_space(out.absolute().parent, f"the run {out}") from None
+
+
+def _run(model_name, out: Path, seed, device, settings, progress, announce, started) -> Path:
+    """run_lab's work, its arguments checked."""
+    from saelab.files import atomic_folder, check_free_space
+    from saelab.training.lab_settings import estimate_bytes
+
+    with atomic_folder(out, replaceable=not_in_manifest, lock=True) as folder:
         lab = _setup(model_name, folder, seed, device, settings, progress, announce)
+        check_free_space(out.absolute().parent, f"the run {out}", estimate_bytes(settings, lab.model.cfg))
         acts, test_acts = _activations_section(lab)
         sweep = _sweep_section(lab, acts, test_acts)
         sae = sweep.saes[settings.coef]

@@ -35,6 +35,18 @@ def active(features: torch.Tensor) -> torch.Tensor:
     return features != 0
 
 
+#: Rounding allowance of `zero_variance`, in units of the accumulation dtype's machine epsilon.
+ZERO_VARIANCE_EPS = 1e4
+
+
+def zero_variance(variance, second_moment, dtype: torch.dtype = torch.float64):
+    """Whether a variance is zero up to rounding: at most ZERO_VARIANCE_EPS machine epsilons of `dtype`
+    (the dtype its sums were accumulated in) times the second moment E[x^2] it was computed from.
+    saelab's one definition of "constant" (evaluate's explained variance, the co-activation's features);
+    floats or tensors (elementwise)."""
+    return variance <= ZERO_VARIANCE_EPS * torch.finfo(dtype).eps * second_moment
+
+
 def describe(value) -> str:
     """A short description of a value for error messages: type and, for tensors, shape and dtype."""
     if isinstance(value, torch.Tensor):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -136,6 +137,45 @@ def check_path(name: str, value, allow_none: bool = False):
     if (value is None and allow_none) or isinstance(value, (str, os.PathLike)):
         return value
     raise ValueError(f"{name}: expected a path{' or None' if allow_none else ''}, got {describe(value)}")
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_URL_SCHEMES = {"http", "https", "file", "git+https", "git+http", "git+ssh", "git+file"}
+
+
+def check_file_name(name: str, value: str) -> str:
+    """`value` if it is a plain file name (letters, digits, `_`, `.`, `-`; not starting with `.`), so that
+    a path built from it stays in its folder (`...py` would give `..`), else ValueError."""
+    if not isinstance(value, str) or not _PLAIN_NAME.fullmatch(value):
+        raise ValueError(f"{name}: expected a plain file name (letters, digits, '_', '.', '-', not starting "
+                         f"with '.'), got {value!r}")
+    return value
+
+
+def check_install_source(name: str, value) -> str:
+    """What a notebook's install cell may hand pip: a URL (http(s), file or git+...: it parses, no
+    whitespace) or a wheel path; a wheel's file name must parse as a wheel's, an absolute path must be
+    an existing file (a relative one is read from the notebook's folder when the cell runs); nothing
+    pip would read as an option (a leading `-`). Else ValueError naming `name`."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value) or value.startswith("-"):
+        raise ValueError(f"{name}: expected a wheel path or URL with no whitespace and no leading '-', "
+                         f"got {describe(value)}")
+    url = urlsplit(value) if "://" in value else None
+    if url is not None and (url.scheme not in _URL_SCHEMES or not (url.netloc or url.scheme.endswith("file"))):
+        raise ValueError(f"{name}: expected a URL with a host and a scheme among {sorted(_URL_SCHEMES)}, got {value!r}")
+    file_name = (url.path if url else value).rstrip("/").rsplit("/", 1)[-1]
+    if url is None or file_name.endswith(".whl"):
+        from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+        try:
+            parse_wheel_filename(file_name)
+        except InvalidWheelFilename as e:
+            raise ValueError(f"{name}: expected a wheel (name-version-python-abi-platform.whl) or a URL, "
+                             f"got {value!r} ({e})") from None
+    if url is None and os.path.isabs(value) and not os.path.isfile(value):
+        raise ValueError(f"{name}: the wheel {value} does not exist")
+    return value
 
 
 # ----------------------------------------------------------------------------- texts and layers

@@ -177,7 +177,7 @@ def test_an_install_source_without_its_line_is_one_line_error(tmp_path, capsys):
     source = tmp_path / "lab_y.py"
     source.write_text(LAB)
     code, out, err = run(["notebooks", "build", "--root", str(tmp_path), "--source", str(source),
-                          "--install-source", "x.whl"], capsys)
+                          "--install-source", "saelab-0.1.0-py3-none-any.whl"], capsys)
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("saelab notebooks build: error: --install-source: the lab source needs exactly one line")
     assert not (tmp_path / "notebooks").exists()
@@ -186,7 +186,7 @@ def test_an_install_source_without_its_line_is_one_line_error(tmp_path, capsys):
 def test_release_refuses_a_folder_in_use(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x").write_text("x")
-    code, _, err = run(["release", str(tmp_path / "out"), "--install-source", "x.whl"], capsys)
+    code, _, err = run(["release", str(tmp_path / "out"), "--install-source", "saelab-0.1.0-py3-none-any.whl"], capsys)
     assert code == 2 and err.count("\n") == 1 and "error: DIR: " in err and "is not empty" in err
 
 
@@ -226,10 +226,10 @@ def test_release_passes_its_options_on(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(release, "release", fake_release)
     source = tmp_path / "lab_y.py"
     source.write_text(LAB)
-    code, out, _ = run(["release", str(tmp_path / "out"), "--install-source", "x.whl", "--source", str(source),
+    code, out, _ = run(["release", str(tmp_path / "out"), "--install-source", "saelab-0.1.0-py3-none-any.whl", "--source", str(source),
                         "--nbgrader", "--no-wheel", "--model", "tiny"], capsys)
     assert code == 0 and out.startswith(f"saelab release: wrote {tmp_path / 'out'}")
-    assert seen == {"folder": str(tmp_path / "out"), "install_source": "x.whl", "sources": [source],
+    assert seen == {"folder": str(tmp_path / "out"), "install_source": "saelab-0.1.0-py3-none-any.whl", "sources": [source],
                     "nbgrader": True, "wheel": False, "model": "tiny", "timeout": 900}
 
 
@@ -275,3 +275,30 @@ def test_a_slow_run_announces_its_estimate(capsys, monkeypatch):
     cli._announcer("tiny", None)(model, torch.device("cpu"))
     cli._announcer("gpt2-small", None)(model, torch.device("meta"))
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("command", [["release", "OUT"], ["notebooks", "build", "--root", "ROOT"],
+                                     ["notebooks", "execute", "--root", "ROOT"]])
+@pytest.mark.parametrize("install_source", ["https://example.org/my course/saelab 0.1.whl",
+                                            "/nonexistent/dir/saelab-0.1.0-py3-none-any.whl",
+                                            "--index-url=https://evil.example/simple saelab"])
+def test_odd_install_sources_are_refused_at_once(tmp_path, capsys, monkeypatch, command, install_source):
+    """Issue 19 row 6: one line, exit 2, before any wheel is built or kernel started; nothing written."""
+    from saelab.course import regenerate, release
+    monkeypatch.setattr(release, "build_wheel", lambda *a: pytest.fail("built a wheel"))
+    monkeypatch.setattr(regenerate, "run_solution", lambda *a, **k: pytest.fail("started a kernel"))
+    argv = [a.replace("OUT", str(tmp_path / "out")).replace("ROOT", str(tmp_path)) for a in command]
+    code, out, err = run([*argv, f"--install-source={install_source}"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "error: --install-source: " in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_lab_source_that_is_not_a_plain_name_is_refused(tmp_path, capsys):
+    """Issue 19 row 13: `...py` would name its notebook `..` and write outside source/<lab>/."""
+    (tmp_path / "labs").mkdir()
+    source = tmp_path / "labs" / "...py"
+    source.write_text(LAB)
+    code, _, err = run(["notebooks", "build", "--root", str(tmp_path), "--source", str(source),
+                        "--nbgrader", str(tmp_path / "course")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "expected a plain file name" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labs"]

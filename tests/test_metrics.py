@@ -251,3 +251,15 @@ def test_ce_of_many_saes_shares_passes_and_equals_each_alone(model, test_texts):
         ce_loss_recovered_many(model, [], test_texts[:3], 2)
     with pytest.raises(ValueError, match=r"saes\[1\]: expected a saelab TiedSAE or a SAELens SAE"):
         ce_loss_recovered_many(model, [saes[0], "nope"], test_texts[:3], 2)
+
+
+@pytest.mark.parametrize("n", [2, 7, 100, 1000])
+def test_identical_rows_have_zero_variance_at_any_scale(n):
+    """Issue 19 row 8: n copies of one row (any scale) give NaN explained variance, never -1e10."""
+    sae = TiedSAE(16, 32, seed=0)
+    for scale in (1e-3, 1.0, 1e3):
+        row = torch.randn(1, 16, generator=torch.Generator().manual_seed(n)) * scale
+        result = evaluate(sae, row.repeat(n, 1))
+        assert math.isnan(result.explained_variance) and math.isnan(result.fvu), (n, scale, result)
+    varied = torch.randn(n, 16, generator=torch.Generator().manual_seed(0)) * 1e-2 + 100  # a small spread far from 0: not constant
+    assert math.isfinite(evaluate(sae, varied).explained_variance)

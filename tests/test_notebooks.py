@@ -254,10 +254,10 @@ def test_install_source_needs_exactly_one_line(tmp_path):
     source = tmp_path / "lab_x.py"
     source.write_text(SOURCE, encoding="utf-8")
     with pytest.raises(SourceError, match=r"exactly one line `INSTALL_SOURCE = None`.*found 0"):
-        notebooks.build(tmp_path, [source], install_source="saelab.whl")
+        notebooks.build(tmp_path, [source], install_source="saelab-0.1.0-py3-none-any.whl")
     source.write_text(INSTALL.replace("import math\n", "import math\nINSTALL_SOURCE = None\n"))
     with pytest.raises(SourceError, match="found 2"):
-        notebooks.build(tmp_path, [source], install_source="saelab.whl")
+        notebooks.build(tmp_path, [source], install_source="saelab-0.1.0-py3-none-any.whl")
     with pytest.raises(ValueError, match="install_source: expected a wheel"):
         notebooks.build(tmp_path, [source], install_source="two\nlines")
     assert not (tmp_path / "notebooks").exists()

@@ -126,10 +126,13 @@ def test_a_failed_rerun_keeps_the_old_run_and_a_finished_one_replaces_it(lab_run
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert json.loads((out / "manifest.json").read_text())["seed"] == 0
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temp folder left
-    (out / "cards" / "feature_999999.html").write_text("a card of an older run")
+    (out / "cards" / "feature_999999.html").write_text("a card of my own")   # not in the manifest: refused
+    with pytest.raises(ValueError, match=r"holds \['cards/feature_999999.html'\]"):
+        _run_small(out, seed=1)
+    (out / "cards" / "feature_999999.html").unlink()
     _run_small(out, seed=1)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["seed"] == 1 and not (out / "cards" / "feature_999999.html").exists()
+    assert manifest["seed"] == 1
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == {*manifest["files"], "manifest.json"}
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 

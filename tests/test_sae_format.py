@@ -264,3 +264,28 @@ def test_the_dataset_path_is_this_machines_and_never_reaches_a_loaded_sae(tmp_pa
     cfg["metadata"]["dataset_path"] = "/another/machine/site-packages/saelab/assets/texts"   # copied elsewhere
     (folder / CFG_FILENAME).write_text(json.dumps(cfg))
     assert "dataset_path" not in TiedSAE.load(folder, device="cpu").metadata
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(),
+                    reason="drops CAP_DAC_OVERRIDE with setpriv, as root")
+def test_saving_over_a_read_only_folder_leaves_no_old_copy(tmp_path):
+    """Issue 19 row 12: an SAE folder of mode 555, saved over by root without CAP_DAC_OVERRIDE (so the
+    mode binds): the new save is in place and the old copy is removed, not left as a hidden temp."""
+    folder = tmp_path / "sae"
+    _sae(1).save(folder)
+    folder.chmod(0o555)
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from test_sae_format import _sae; "
+            f"_sae(2).save({str(folder)!r})")
+    done = subprocess.run(["/usr/bin/setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                           "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-W", "error", "-c", code],
+                          capture_output=True, text=True, timeout=600)   # a hang guard
+    assert done.returncode == 0, done.stderr
+    assert _which_save(folder) == 2 and sorted(os.listdir(tmp_path)) == ["sae"]
+
+
+def test_an_old_copy_that_cannot_be_removed_is_reported(tmp_path, monkeypatch):
+    folder = _sae(1).save(tmp_path / "sae")
+    monkeypatch.setattr(files, "_remove", lambda path: None)   # e.g. a folder of another owner
+    with pytest.warns(RuntimeWarning, match=r"\.sae\.saelab-tmp-\d+-[0-9a-f]{8} \(the previous sae or an unfinished "
+                                            r"one\) could not be removed"):
+        _sae(2).save(folder)

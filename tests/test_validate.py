@@ -219,3 +219,28 @@ def test_new_checks_name_the_argument():
     refuses(v.check_sae_input, "x", torch.zeros(2, 4, dtype=torch.float64), 4, "d_in", weight,
             match=r"expected torch.float32 on cpu \(the SAE's dtype and device\), got torch.float64")
     refuses(v.check_sae_input, "x", torch.full((2, 4), float("nan")), 4, "d_in", weight, match="finite values")
+
+
+@pytest.mark.parametrize("value", ["https://example.org/my course/saelab 0.1.whl",
+                                   "/nonexistent/dir/saelab-0.1.0-py3-none-any.whl",
+                                   "--index-url=https://evil.example/simple saelab", "-e.", "saelab",
+                                   "x.whl", "ftp://example.org/saelab-0.1.0-py3-none-any.whl", "https:///nohost.whl",
+                                   "https://example.org/saelab.whl", "two\nlines", "", None])
+def test_check_install_source_refuses_what_pip_would_misread(value):
+    with pytest.raises(ValueError, match=r"^install_source: expected|^install_source: the wheel"):
+        v.check_install_source("install_source", value)
+
+
+def test_check_install_source_accepts_wheels_and_urls(tmp_path):
+    wheel = tmp_path / "saelab-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    for ok in (str(wheel), "dist/saelab-0.1.0-py3-none-any.whl", "https://example.org/c/saelab-0.1.0-py3-none-any.whl",
+               "git+https://github.com/example/saelab.git@v0.1", "file:///srv/saelab-0.1.0-py3-none-any.whl"):
+        assert v.check_install_source("install_source", ok) == ok
+
+
+@pytest.mark.parametrize("value", ["..", ".hidden", "a/b", "", "lab c4", "x\n"])
+def test_check_file_name(value):
+    with pytest.raises(ValueError, match="lab: expected a plain file name"):
+        v.check_file_name("lab", value)
+    assert v.check_file_name("lab", "lab_c4.v2-final") == "lab_c4.v2-final"

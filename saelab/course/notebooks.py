@@ -35,6 +35,7 @@ from pathlib import Path
 
 from saelab.files import atomic_write_text
 from saelab.utils import ASSETS_DIR
+from saelab.validate import check_file_name, check_install_source
 
 LABS_DIR = ASSETS_DIR / "labs"
 VARIANTS = ("exercise", "solution")
@@ -229,8 +230,7 @@ def fill_install_source(texts: list[str], install_source: str | None) -> list[st
     """`texts` (cell sources) with the one `INSTALL_SOURCE = None` line set to `install_source`."""
     if install_source is None:
         return texts
-    if not isinstance(install_source, str) or not install_source.strip() or "\n" in install_source:
-        raise ValueError(f"install_source: expected a wheel path or URL on one line, got {install_source!r}")
+    check_install_source("install_source", install_source)
     hits = [(i, n) for i, text in enumerate(texts) for n, line in enumerate(text.split("\n")) if line == INSTALL_LINE]
     if len(hits) != 1:
         raise SourceError(f"install_source: the lab source needs exactly one line `{INSTALL_LINE}` "
@@ -296,6 +296,7 @@ def resolve(root, sources) -> tuple[Path, list[Path]]:
     for path in sources:
         if not path.is_file():
             raise FileNotFoundError(f"lab source {path} does not exist")
+        check_file_name(f"lab source {path}", path.stem)   # notebooks are named after it
     return root, sources
 
 

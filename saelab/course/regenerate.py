@@ -22,20 +22,27 @@ import copy
 import io
 import os
 import re
+import signal
 import site
+import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from saelab.course import notebooks
-from saelab.files import atomic_write_text
+from saelab.files import atomic_write_text, make_temp_dir, remove_temp
 from saelab.utils import ASSETS_DIR
+from saelab.validate import check_install_source
 
 DIGITS = 3
 IMAGE_TOLERANCE = 0.01
 KERNEL_ENV = {"SAELAB_PROGRESS": "0", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore", "PYTHONHASHSEED": "0"}
 KERNEL_SETUP = "import warnings; warnings.simplefilter('ignore')"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+#: Each kernel's connection file lives in `<temp dir>/saelab-kernel-<pid>-<hex>/`: removed when the run ends,
+#: and by the next run when a kill -9 left it (`files.reclaim_stale`).
+KERNEL_DIR_PREFIX = "saelab-kernel-"
 _SECONDS = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s?s(?![\w])")  # "11.0s", "3 s": wall-clock time
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.])")
 
@@ -148,15 +155,24 @@ def compare_outputs(old, new) -> list[str]:
             for a, b in zip(old_code, new_code) if not _outputs_match(a.outputs, b.outputs)]
 
 
+def _signal_handlers() -> dict:
+    """This process's SIGINT and SIGTERM handlers (none outside the main thread, which cannot set them)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
 def run_solution(root: Path, source: Path, model: str | None = None, timeout: int = 900, env=None,
                  install_source: str | None = None):
     """The solution notebook of `source`, executed in a fresh kernel in ROOT/solutions and cleaned.
 
     `env` adds variables to the kernel's environment (e.g. OMP_NUM_THREADS); `install_source` fills
-    the install cell (see `notebooks.render`). A failing cell raises RuntimeError naming the notebook.
+    the install cell (see `notebooks.render`). A failing cell raises RuntimeError naming the notebook;
+    SIGINT or SIGTERM while it runs (nbclient then shuts the kernel down) raises KeyboardInterrupt.
     """
     import nbformat
     from nbclient import NotebookClient
+    from traitlets.config import Config
     from nbclient.exceptions import CellExecutionError
 
     path = notebooks.target(root, source, "solution")
@@ -164,16 +180,34 @@ def run_solution(root: Path, source: Path, model: str | None = None, timeout: in
     folder.mkdir(parents=True, exist_ok=True)
     nb = notebooks.render(notebooks.read_source(source), "solution", install_source)
     kernel_env = {**os.environ, **KERNEL_ENV, **({"SAELAB_MODEL": model} if model else {}), **(env or {})}
+    connection = make_temp_dir(Path(tempfile.gettempdir()), KERNEL_DIR_PREFIX)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                             extra_arguments=[f"--InteractiveShellApp.exec_lines={KERNEL_SETUP}"],
-                            resources={"metadata": {"path": str(folder)}})
+                            resources={"metadata": {"path": str(folder)}},
+                            config=Config(KernelManager={"connection_file": str(connection / "kernel.json")}))
+    handlers = _signal_handlers()   # nbclient replaces them while it runs and leaves the defaults behind
     try:
-        client.execute(env=kernel_env)
+        client.execute(env=kernel_env, stderr=subprocess.DEVNULL)   # the kernel's own log: outputs come by message
     except CellExecutionError as e:
         summary = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise RuntimeError(f"{path}: a cell failed while executing ({summary})") from None
+    except Exception:
+        if getattr(client, "_async_cleanup_kernel_future", None) is not None:
+            raise KeyboardInterrupt from None   # nbclient shut the kernel down on SIGINT/SIGTERM; the rest is noise
+        raise
+    finally:
+        remove_temp(connection)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     nb.metadata = nbformat.from_dict(copy.deepcopy(notebooks.NOTEBOOK_METADATA))
     return clean_outputs(nb, machine_paths(folder, Path(root).resolve(), Path.cwd()))
+
+
+def _resolve(root, sources, run: dict) -> tuple[Path, list[Path]]:
+    """`notebooks.resolve`, and `run`'s install source checked before any kernel starts."""
+    if run.get("install_source") is not None:
+        check_install_source("install_source", run["install_source"])
+    return notebooks.resolve(root, sources)
 
 
 def execute(root=None, sources=None, **run) -> list[tuple[Path, str]]:
@@ -183,7 +217,7 @@ def execute(root=None, sources=None, **run) -> list[tuple[Path, str]]:
     (path, what happened) pairs: "written" or "kept (outputs unchanged at 3 significant digits)".
     Nothing is written for a notebook whose execution fails (RuntimeError).
     """
-    root, sources = notebooks.resolve(root, sources)
+    root, sources = _resolve(root, sources, run)
     done = []
     for source in sources:
         nb = run_solution(root, source, **run)
@@ -203,7 +237,7 @@ def check_outputs(root=None, sources=None, **run) -> list[str]:
 
     `run`: keyword arguments of `run_solution` (model, timeout, env, install_source).
     """
-    root, sources = notebooks.resolve(root, sources)
+    root, sources = _resolve(root, sources, run)
     problems = []
     for source in sources:
         path = notebooks.target(root, source, "solution")

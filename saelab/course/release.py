@@ -20,6 +20,7 @@ from pathlib import Path
 from saelab.course import grading, notebooks, regenerate
 from saelab.files import atomic_folder, atomic_write_text
 from saelab.utils import ASSETS_DIR
+from saelab.validate import check_install_source
 
 MANIFEST = "manifest.json"
 
@@ -69,8 +70,7 @@ def release(folder: str | Path, install_source: str, sources=None, nbgrader: boo
     skips the wheel (e.g. when the install source is a git URL).
     """
     folder = Path(folder)
-    if not isinstance(install_source, str) or not install_source.strip():
-        raise ValueError(f"install_source: expected a wheel path or URL, got {install_source!r}")
+    check_install_source("install_source", install_source)   # before the slow wheel build
     _check_folder(folder)
     with atomic_folder(folder) as work:   # built beside `folder`, swapped in whole; a killed release's
         if wheel:                         # temp folder is reclaimed by the next one (files.reclaim_stale)

@@ -19,7 +19,7 @@ from saelab.metrics import evaluate_unchecked
 from saelab.models import accumulation
 from saelab.results import Result, fmt, pct
 from saelab.sae.interface import as_sae
-from saelab.utils import active, describe, progress_bar
+from saelab.utils import active, describe, progress_bar, zero_variance
 from saelab.validate import check_fraction, check_int, check_rows
 
 PAIR_COLUMNS = ("feature_i", "feature_j", "correlation", "decoder_cosine", "density_i", "density_j")
@@ -27,7 +27,6 @@ NOTEBOOK_MIN_DENSITY = 0.01  # the original notebook keeps features active on mo
 NOTEBOOK_TOP_K = 10
 HEATMAP_FEATURES = 40        # what `heatmap` shows by default: tick labels stay readable (>= 8 pt)
 HEATMAP_TICK_PT = 8.0
-_CONSTANT_TOL = 1e-12    # variance below this fraction of the second moment counts as constant
 
 
 class _Comoments:
@@ -62,7 +61,7 @@ class _Comoments:
         cov = self.cross / self.n - torch.outer(mean, mean)
         var = cov.diagonal().clamp(min=0)
         second_moment = var + (mean + self.shift).pow(2)
-        constant = var <= _CONSTANT_TOL * second_moment
+        constant = zero_variance(var, second_moment, self.dtype)
         std = torch.where(constant, torch.ones_like(var), var.sqrt())
         corr = (cov / torch.outer(std, std)).clamp(-1, 1)
         corr[constant, :] = 0.0

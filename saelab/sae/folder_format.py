@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
 import torch
@@ -22,6 +23,11 @@ from saelab.utils import describe
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
+#: cfg.json above this size is refused before reading (SAELens's cfg.json is a few kB).
+MAX_CFG_BYTES = 1 << 20
+#: Weights beyond this magnitude are refused as corrupt (an SAE's weights are O(1); this bound keeps
+#: encode and decode finite in float32 for any real width).
+MAX_WEIGHT = 1e6
 
 # The SAELens on-disk format version we write (SAELens treats configs without it as pre-6.0 and
 # rewrites them, dropping our metadata). It names the format, not the installed SAELens.
@@ -44,6 +50,12 @@ SAELENS_DATASET_DEFAULTS = {
     "exclude_special_tokens": True, "disable_concat_sequences": True, "sequence_separator_token": "bos",
     "model_from_pretrained_kwargs": {},
 }
+#: cfg.json's fields that saelab or sae_lens read before any tensor: (JSON types, allowed values or None).
+CFG_FIELDS = {"architecture": ((str,), None), "device": ((str,), None), "metadata": ((dict,), None),
+              "apply_b_dec_to_input": ((bool,), None),
+              "normalize_activations": ((str,), {"none", "expected_average_only_in", "constant_norm_rescale",
+                                                 "layer_norm"}),
+              "reshape_activations": ((str,), {"none", "hook_z"})}
 # Written by save, removed by load (so `load(save(sae)).metadata == sae.metadata`).
 _FORMAT_METADATA_KEYS = ("sae_lens_version", "sae_lens_training_version", "saelab_version", "saelab_class",
                          "saelab_defaults", "saelab_input_scale")
@@ -79,7 +91,7 @@ def _check_finite_json(name: str, value) -> None:
 
 def save_tied(sae, path) -> Path:
     """Write `sae` as the SAELens folder `path/` (see `TiedSAE.save`); returns the folder."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from saelab import __version__
 
@@ -107,7 +119,7 @@ def save_tied(sae, path) -> Path:
            "metadata": metadata}
     folder = Path(path)
     with atomic_folder(folder, replaceable=SAE_FOLDER_FILES) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_FILENAME))
+        (tmp / WEIGHTS_FILENAME).write_bytes(save(tensors))   # a full disk raises OSError(ENOSPC) here
         (tmp / CFG_FILENAME).write_text(json.dumps(cfg, indent=2, allow_nan=False), encoding="utf-8")
     return folder
 
@@ -158,26 +170,28 @@ def read_folder(path) -> tuple[dict, dict[str, torch.Tensor]]:
                                f"{CFG_FILENAME} says dtype {want!r}; the folder's two files disagree")
         if not bool(torch.isfinite(t).all()):
             raise RuntimeError(f"{folder / WEIGHTS_FILENAME}: {key} contains NaN or inf")
+        if t.numel() and float(t.abs().max()) > MAX_WEIGHT:
+            raise RuntimeError(f"{folder / WEIGHTS_FILENAME}: {key} holds {float(t.abs().max()):.3g}, beyond "
+                               f"{MAX_WEIGHT:g} (an SAE's weights are O(1)): corrupt")
     return cfg, tensors
 
 
 def _read_both(folder: Path) -> tuple[bytes, bytes] | None:
     """The bytes of cfg.json and the weights, opened through one handle on `folder`; None when the
-    folder was replaced between the two opens."""
+    folder was replaced between the two opens. Only regular files are read (`_open_regular`)."""
     if not folder.is_dir():
         raise FileNotFoundError(f"path: expected a SAELens folder with {CFG_FILENAME} and {WEIGHTS_FILENAME}, "
                                 f"but {folder} is not a folder")
-    if os.open not in os.supports_dir_fd:  # no directory handles here: plain paths
-        return tuple(_read_file(folder / name) for name in (CFG_FILENAME, WEIGHTS_FILENAME))
-    dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    use_dir_fd = os.open in os.supports_dir_fd  # else (no directory handles here) plain paths
+    dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if use_dir_fd else None
     try:
         fds = []
         try:
             for name in (CFG_FILENAME, WEIGHTS_FILENAME):
                 try:
-                    fds.append(os.open(name, os.O_RDONLY, dir_fd=dir_fd))
+                    fds.append(_open_regular(folder, name, dir_fd))
                 except FileNotFoundError:
-                    if _replaced(folder, dir_fd):
+                    if dir_fd is not None and _replaced(folder, dir_fd):
                         return None
                     _missing(folder / name)
             return tuple(_read_fd(fd) for fd in fds)
@@ -185,7 +199,33 @@ def _read_both(folder: Path) -> tuple[bytes, bytes] | None:
             for fd in fds:
                 os.close(fd)
     finally:
-        os.close(dir_fd)
+        if dir_fd is not None:
+            os.close(dir_fd)
+
+
+def _open_regular(folder: Path, name: str, dir_fd: int | None) -> int:
+    """A descriptor of the regular file `folder/name`, else RuntimeError naming it: opened without
+    blocking (a FIFO would wait for a writer), then refused unless it is a regular file (a FIFO, a
+    device such as /dev/zero behind a symlink, a folder) and, for cfg.json, at most MAX_CFG_BYTES."""
+    file = folder / name
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(name, flags, dir_fd=dir_fd) if dir_fd is not None else os.open(file, flags)
+    info = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = f"expected a regular file, got {_file_kind(info.st_mode)}"
+    elif name == CFG_FILENAME and info.st_size > MAX_CFG_BYTES:
+        problem = f"expected at most {MAX_CFG_BYTES:,} bytes (a cfg.json is a few kB), got {info.st_size:,}"
+    if problem:
+        os.close(fd)
+        raise RuntimeError(f"{file}: {problem}; not read")
+    return fd
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "a special file")
 
 
 def _replaced(folder: Path, dir_fd: int) -> bool:
@@ -202,13 +242,8 @@ def _missing(file: Path):
     raise FileNotFoundError(f"{file} is missing: expected the SAE weights next to {CFG_FILENAME}")
 
 
-def _read_file(file: Path) -> bytes:
-    if not file.is_file():
-        _missing(file)
-    return file.read_bytes()
-
-
 def _read_fd(fd: int) -> bytes:
+    os.set_blocking(fd, True)
     chunks = []
     while chunk := os.read(fd, 1 << 24):
         chunks.append(chunk)
@@ -227,10 +262,16 @@ def _parse_cfg(file: Path, raw: bytes) -> dict:
             raise RuntimeError(f"{file}: expected a positive integer {key!r}, got {cfg.get(key)!r}")
     if isinstance(cfg.get("dtype"), str):
         cfg["dtype"] = cfg["dtype"].removeprefix("torch.")  # some SAELens configs write "torch.float32"
-    if cfg.get("dtype", "float32") not in DTYPES:
+    if not isinstance(cfg.get("dtype", "float32"), str) or cfg.get("dtype", "float32") not in DTYPES:
         raise RuntimeError(f"{file}: expected dtype one of {sorted(DTYPES)}, got {cfg.get('dtype')!r}")
-    if not isinstance(cfg.get("metadata", {}), dict):
-        raise RuntimeError(f"{file}: expected 'metadata' to be a JSON object, got {cfg['metadata']!r}")
+    for key, (kinds, choices) in CFG_FIELDS.items():
+        value = cfg.get(key)
+        if key in cfg and (not isinstance(value, kinds) or choices and value not in choices):
+            want = f"one of {sorted(choices)}" if choices else " or ".join(k.__name__ for k in kinds)
+            raise RuntimeError(f"{file}: expected {key!r} to be {want}, got {value!r}")
+    defaults = cfg.get("metadata", {}).get("saelab_defaults", [])
+    if not isinstance(defaults, list) or not all(isinstance(k, str) for k in defaults):
+        raise RuntimeError(f"{file}: expected metadata.saelab_defaults to be a list of key names, got {defaults!r}")
     return cfg
 
 
@@ -247,9 +288,9 @@ def _parse_weights(file: Path, raw: bytes) -> dict[str, torch.Tensor]:
 def _input_scale(folder: Path, cfg: dict) -> float:
     """TiedSAE.input_scale as saved in cfg.json's metadata (1.0 when absent: any SAELens folder)."""
     scale = cfg.get("metadata", {}).get(INPUT_SCALE_KEY, 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 1 / MAX_WEIGHT <= scale <= MAX_WEIGHT:
         raise RuntimeError(f"{folder / CFG_FILENAME}: expected metadata.{INPUT_SCALE_KEY} to be a positive "
-                           f"number, got {scale!r}")
+                           f"number in [{1 / MAX_WEIGHT:g}, {MAX_WEIGHT:g}], got {scale!r}")
     return float(scale)
 
 

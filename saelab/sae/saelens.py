@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from saelab.sae.folder_format import CFG_FILENAME, WEIGHTS_FILENAME, read_folder
 from saelab.sae.tied import TiedSAE
 from saelab.utils import ASSETS_DIR, describe
 from saelab.validate import check_sae_input
@@ -189,10 +190,8 @@ def load_sae(source, device=None):
 
 
 def _load_folder(folder: Path, device: torch.device):
-    from saelab.sae.folder_format import read_folder
-
-    cfg = read_folder(folder)[0]
-    metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    cfg, tensors = read_folder(folder)
+    metadata = cfg.get("metadata", {})
     if metadata.get("saelab_class") == "TiedSAE":
         return TiedSAE.load(folder, device=device)
     architecture = cfg.get("architecture", "standard")
@@ -200,11 +199,32 @@ def _load_folder(folder: Path, device: torch.device):
     from sae_lens.registry import SAE_CLASS_REGISTRY
 
     if architecture not in SAE_CLASS_REGISTRY:
-        raise RuntimeError(f"{folder / 'cfg.json'}: architecture {architecture!r} is not one sae_lens "
+        raise RuntimeError(f"{folder / CFG_FILENAME}: architecture {architecture!r} is not one sae_lens "
                            f"{sae_lens.__version__} knows (it knows {sorted(SAE_CLASS_REGISTRY)}); upgrade sae_lens "
                            f"or register the class")
-    sae = sae_lens.SAE.load_from_disk(str(folder), device=str(device))
+    _check_decoder(folder, cfg, tensors)
+    try:
+        sae = sae_lens.SAE.load_from_disk(str(folder), device=str(device))
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+        raise RuntimeError(f"{folder}: sae_lens {sae_lens.__version__} could not load this {architecture!r} SAE "
+                           f"from {CFG_FILENAME} and {WEIGHTS_FILENAME} ({type(e).__name__}: "
+                           f"{str(e).strip()[:300]})") from None
     return SAELensSAE(sae)
+
+
+def _check_decoder(folder: Path, cfg: dict, tensors: dict) -> None:
+    """What every SAELens architecture holds, checked against cfg.json before sae_lens reads the folder:
+    W_dec [d_sae, d_in] and b_dec [d_in], and W_enc [d_in, d_sae] / b_enc [d_sae] where present."""
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    shapes = {"W_dec": (d_sae, d_in), "b_dec": (d_in,), "W_enc": (d_in, d_sae), "b_enc": (d_sae,)}
+    missing = [k for k in ("W_dec", "b_dec") if k not in tensors]
+    if missing:
+        raise RuntimeError(f"{folder / WEIGHTS_FILENAME}: expected tensors W_dec and b_dec, missing {missing} "
+                           f"(found {sorted(tensors)})")
+    for key, shape in shapes.items():
+        if key in tensors and tuple(tensors[key].shape) != shape:
+            raise RuntimeError(f"{folder / WEIGHTS_FILENAME}: expected {key} of shape {list(shape)} ({CFG_FILENAME}"
+                               f" d_in={d_in}, d_sae={d_sae}), got {list(tensors[key].shape)}")
 
 
 def _load_pretrained(source: tuple, device: torch.device) -> SAELensSAE:

@@ -124,3 +124,15 @@ def estimate_seconds(settings: LabSettings, model_cfg, device) -> float:
     train = 10 * model_cfg.d_model * n_features * rows * settings.train.epochs * n_saes
     flops = GPU_FLOPS if str(getattr(device, "type", device)).startswith("cuda") else CPU_FLOPS
     return math.ceil(OVERHEAD_SECONDS + (collect + ce + train) / flops)
+
+
+#: What a run folder holds beside its SAEs (report, figures, tables, cards), at most, in bytes.
+RUN_EXTRA_BYTES = 4 << 20
+
+
+def estimate_bytes(settings: LabSettings, model_cfg) -> int:
+    """Bytes a `saelab run` with checked `settings` writes, at most: its SAE folders (the sweep's and the two
+    layers', float32 W_enc and W_dec and biases) and RUN_EXTRA_BYTES; checked against the free space
+    before the long work."""
+    d, n_features = model_cfg.d_model, settings.n_features_per_dim * model_cfg.d_model
+    return (len(settings.coefs) + 2) * 4 * (2 * d * n_features + d + n_features) + RUN_EXTRA_BYTES
