@@ -30,7 +30,8 @@ GLOSSARY = (
     ("L1 (l1)", "the mean over rows of the sum of |f_i| over features f."),
     ("L0 (l0)", "the mean number of active features (f_i ≠ 0; for ReLU features, f_i > 0) per row: a count."),
     ("FVU (fvu)", "fraction of variance unexplained, sum (x - x_hat)^2 / sum (x - mean row)^2: 0 is perfect, 1 no "
-     "better than always predicting the mean row."),
+     "better than always predicting the mean row; above 1, the reconstructions are farther from the rows than the "
+     "mean row is (an SAE meeting rows unlike those it was fitted to)."),
     ("Explained variance (explained_variance)", "1 - FVU."),
     ("Dead fraction / dense fraction", "the share of features never active on the evaluation rows / active on more "
      "than 10% of them."),

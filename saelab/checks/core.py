@@ -69,7 +69,8 @@ def call(check: str, what: str, fn, *args, hint: str = "", **kwargs):
     except CheckFailed:
         raise
     except Exception as e:  # the student's code failed: say how, without the stack trace
-        detail = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        first_line = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else ""
+        detail = f"{type(e).__name__}: {first_line}" if first_line else type(e).__name__
         fail(check, f"{what} raised {detail}." + (f" Hint: {hint}" if hint else ""))
 
 

@@ -320,6 +320,9 @@ checks.check_training_loop(train_one)
 # - **L0** (`l0`): the mean number of active features ($f_i \neq 0$; for ReLU features, $f_i > 0$) per row: a count.
 # - **FVU** (`fvu`): the fraction of variance unexplained, $\sum (x - \hat{x})^2 / \sum (x - \bar{x})^2$ with
 #   $\bar{x}$ each dimension's mean: 0 is perfect, 1 is no better than always predicting the mean row.
+#   **Above 1** the reconstructions are farther from the rows than the mean row is: worse than knowing nothing
+#   about the token. It happens when an SAE meets rows unlike those it was fitted to (Part 3d shows one: an SAE
+#   that memorised a few dozen rows decodes new rows into vectors of the wrong size and direction).
 # - **Explained variance** (`explained_variance`): 1 - FVU.
 # - **Dead fraction** (`dead_fraction`): the share of features never active on these rows; **dense fraction**
 #   (`dense_fraction`): the share active on more than 10% of them.
@@ -430,7 +433,9 @@ assert flatter["seed SAE, measured on its training prompts"].fvu < flatter["seed
 # than there are distinct rows, so near-perfect reconstruction on those rows says nothing about new
 # text. Measured on held-out text the same SAE reconstructs far worse, because it never saw the variety of
 # real activations. The held-out number estimates what we care about, how well the dictionary explains
-# activations the SAE has not seen; an SAE trained on many tokens does much better there. (The seed also
+# activations the SAE has not seen; an SAE trained on many tokens does much better there. An FVU above 1, as
+# here, means the seed's SAE does worse on new text than always answering the mean row: the directions it
+# memorised fire on new rows and add vectors that point away from them. (The seed also
 # kept the BOS rows, which made its loss mostly about one direction.)
 # END SOLUTION
 
@@ -539,12 +544,16 @@ checks.check_fvu(fvu)
 
 # %% [markdown]
 # `saelab.compare_layers` collects the rows of both layers in one pass, trains one SAE per layer (the
-# seed's early and late layers, 2 and 10 of 12, at the same relative depth) and reports, on held-out
+# seed's early and late layers, 2 and 10 of GPT-2 small's 12, scaled to this model's depth:
+# `saelab.notebook_layers(model)`, printed below) and reports, on held-out
 # texts, the activation norm, the raw MSE, FVU and L0, then the seed's four test prompts: how many
 # features are active at the last token, and the strongest. Both SAEs use the same coefficient, and with
 # the recipe's normalisation (3b) it asks the same sparsity of both layers, whatever their norms.
 
 # %%
+EARLY, LATE = saelab.notebook_layers(model)[0], saelab.notebook_layers(model)[-1]
+print(f"{MODEL_NAME}: early layer {EARLY} and late layer {LATE} of {model.cfg.n_layers} "
+      f"(the seed's 2 and 10 of 12, at the same relative depth)")
 layers = saelab.compare_layers(model, train_texts, max_tokens=MAX_TOKENS, eval_texts=test_texts,
                                eval_max_tokens=EVAL_TOKENS, sparsity_coef=COEF, config=RECIPE, n_features=N_FEATURES)
 display(layers)
