@@ -127,7 +127,7 @@ class TopExamples(Result):
         lines = []
         for example, context in zip(self.table.itertuples(), self.contexts):
             tokens, index, acts = context if context else ([example.token or "?"], 0, [example.activation])
-            spans = "".join(_token_span(t, a, scale, i == index) for i, (t, a) in enumerate(zip(tokens, acts)))
+            spans = "".join(token_span(t, a, scale, i == index) for i, (t, a) in enumerate(zip(tokens, acts)))
             where = ("" if pd.isna(example.text_index)
                      else f"text {int(example.text_index)}, pos {int(example.position)}")
             lines.append(
@@ -143,7 +143,8 @@ class TopExamples(Result):
         return self.html()
 
 
-def _token_span(token: str, activation, scale: float, firing: bool) -> str:
+def token_span(token: str, activation, scale: float, firing: bool) -> str:
+    """One token as HTML, shaded by activation / scale (None: no value), boxed when `firing`."""
     alpha = 0.0 if activation is None or scale <= 0 else max(0.0, min(1.0, activation / scale))
     tip = "no row" if activation is None else fmt(activation)
     style = f"background: rgba({_FIRE_RGB}, {alpha:.2f}); border-radius: 2px;"
