@@ -274,7 +274,7 @@ def test_match_features_breaks_ties_by_the_lowest_id():
 
 
 def test_a_strongly_shaded_newline_is_drawn_dark_and_a_faint_one_grey():
-    from saelab.features.cards import _token_span
+    from saelab.features.cards import token_span
     strong, faint = token_span("\n", 1.0, 1.0, True), token_span("\n", 0.1, 1.0, False)
     assert "⏎" in strong and "⏎" in faint
     assert "#999" not in strong and "color: #4a1300" in strong   # dark on orange, not grey on orange
