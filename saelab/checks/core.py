@@ -27,6 +27,8 @@ EXERCISES = {
     "check_training_loop": 3,  # Part 3: the training loop of the sparsity sweep
     "check_top_pairs": 4,      # Part 4: features that fire together
     "check_fvu": 5,            # Part 5: the fraction of variance unexplained
+    "check_steering": 7,       # Part 7: switching a feature on (steering)
+    "check_ablation": 8,       # Part 8: switching a feature off (ablation)
 }
 
 NOT_IMPLEMENTED = ("is not implemented yet (it raises NotImplementedError). Replace the "
