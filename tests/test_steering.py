@@ -118,3 +118,15 @@ def test_ablating_the_picked_feature_costs_loss_where_it_fires_and_about_none_el
     never = [t for t, rows in by_text if (rows.activation == 0).all()]
     assert never and all((result.table[result.table.text_index == t].delta_loss.abs() < 1e-5).all() for t in never)
     assert result.top(3).delta_loss.is_monotonic_decreasing and "<span" in result.html()
+
+
+def test_pick_features_counts_only_the_tokens_in_vocab(model, ref_sae, held_out):
+    density = saelab.evaluate(ref_sae, held_out).feature_density
+    token = int(held_out.token_ids[0])
+    (best,) = pick_features(model, ref_sae, density, n=1, vocab=[token])
+    alive = torch.nonzero((density > 0.002) & (density < 0.05)).flatten()
+    effects = (ref_sae.W_dec[alive] @ model.W_U[:, token]).detach()
+    assert best == int(alive[effects.argmax()])
+    assert best in alive.tolist()
+    with pytest.raises(ValueError, match="vocab: expected token ids"):
+        pick_features(model, ref_sae, density, vocab=[model.cfg.d_vocab])

@@ -117,21 +117,35 @@ def steer(model, sae, feature: int, alpha: float, positions: str = "all-but-bos"
         yield vector
 
 
-def pick_features(model, sae, density: torch.Tensor, n: int = 2, low: float = 0.002, high: float = 0.05) -> list[int]:
+def pick_features(model, sae, density: torch.Tensor, n: int = 2, vocab=None, low: float = 0.002,
+                  high: float = 0.05) -> list[int]:
     """The lab's rule for features worth steering and ablating: among features active on more than `low`
     and less than `high` of held-out tokens (density [d_sae], e.g. `evaluate(...).feature_density`:
-    alive, not dense), the n whose decoder direction raises one token's logit most
-    (`feature_logit_effects`' top effect), largest first, ties by id."""
+    alive, not dense), the n whose decoder direction raises one token's logit most, counting only the
+    tokens in `vocab` (ids, e.g. the held-out rows' `token_ids`: tokens the model really writes, not rare
+    byte pieces whose unembedding rows are large), largest first, ties by id. With none in that band (a
+    tiny run), among all alive features."""
     sae = as_sae("sae", sae)
     check_int("n", n, minimum=1)
     density = torch.as_tensor(density, dtype=torch.float64).cpu()
     candidates = torch.nonzero((density > low) & (density < high)).flatten()
+    if len(candidates) == 0:  # a tiny run: any alive feature
+        candidates = torch.nonzero(density > 0).flatten()
     if len(candidates) == 0:
-        raise ValueError(f"density: expected some features active on {low:.1%} to {high:.1%} of tokens, got none")
-    direction = sae.W_dec[candidates.to(sae.W_dec.device)].to(model.W_U.dtype)
-    top = (direction.to(model.W_U.device) @ model.W_U).max(dim=-1).values.float().cpu()
+        raise ValueError("density: expected some alive features (density > 0), got none: every feature is dead")
+    unembed = model.W_U if vocab is None else model.W_U[:, _vocab_ids(vocab, model.cfg.d_vocab).to(model.W_U.device)]
+    direction = sae.W_dec[candidates.to(sae.W_dec.device)].detach().to(unembed)
+    top = (direction @ unembed).max(dim=-1).values.float().cpu()
     order = torch.sort(-top, stable=True).indices[:n]
     return candidates[order].tolist()
+
+
+def _vocab_ids(vocab, d_vocab: int) -> torch.Tensor:
+    """The distinct token ids of `vocab` (any int sequence or tensor), checked to be in [0, d_vocab)."""
+    ids = torch.as_tensor(vocab).flatten().long().unique().cpu()
+    if len(ids) == 0 or ids.min() < 0 or ids.max() >= d_vocab:
+        raise ValueError(f"vocab: expected token ids in [0, {d_vocab - 1}], got {describe(vocab)}")
+    return ids
 
 
 # ----------------------------------------------------------------------------- the effect
@@ -224,10 +238,12 @@ class SteeringResult(Result):
 
 def steering_effect(model, sae, feature: int, prompts, alphas=(0.0, 1.0, 2.0, 4.0), n_new: int = 12, k_tokens: int = 10,
                     seed: int = 0, temperature: float = 1.0, positions: str = "all-but-bos",
-                    alpha_scale: str | None = None, activations=None, hook_name: str | None = None) -> SteeringResult:
+                    alpha_scale: str | None = None, activations=None, hook_name: str | None = None,
+                    vocab=None) -> SteeringResult:
     """For each alpha (0 always added), each prompt's greedy and sampled continuation (n_new tokens;
     sampling seeded by `seed` and the prompt, the same for every alpha) while `steer(...)` is on, and the
-    change in the mean log-probability of the feature's k_tokens top promoted tokens (`feature_logit_effects`)."""
+    change in the mean log-probability of the feature's k_tokens top promoted tokens (`feature_logit_effects`;
+    among the ids in `vocab` only, when given, as for `pick_features`)."""
     from saelab.validate import check_texts
     prompts = check_texts("prompts", prompts, allow_str=True)
     alphas = sorted({0.0, *(check_float("alphas", a) for a in alphas)})
@@ -236,8 +252,12 @@ def steering_effect(model, sae, feature: int, prompts, alphas=(0.0, 1.0, 2.0, 4.
     check_float("temperature", temperature, minimum=0, strict=True)
     sae = as_sae("sae", sae)
     name, unit = _steering_vector(model, sae, feature, 1.0, positions, alpha_scale, activations, hook_name)
-    effects = feature_logit_effects(model, sae, feature, k_tokens).table
-    top_ids = torch.tensor(effects[effects.kind == "promotes"].token_id.tolist())
+    effects = feature_logit_effects(model, sae, feature, model.cfg.d_vocab if vocab is not None else k_tokens).table
+    effects = effects[effects.kind == "promotes"]
+    if vocab is not None:
+        effects = effects[effects.token_id.isin(_vocab_ids(vocab, model.cfg.d_vocab).tolist())]
+    effects = effects.head(k_tokens)
+    top_ids = torch.tensor(effects.token_id.tolist())
     records, tokens, tokenizer = [], {}, getattr(model, "tokenizer", None)
     strengths = torch.tensor(alphas, dtype=unit.dtype, device=unit.device)[:, None] * unit   # [n_alphas, d_in]
     for p, prompt in enumerate(prompts):  # every alpha at once: one batch row per (kind, alpha)
@@ -257,5 +277,5 @@ def steering_effect(model, sae, feature: int, prompts, alphas=(0.0, 1.0, 2.0, 4.
     base = table[table.alpha == 0.0].set_index("prompt_index").logprob_top
     table["delta_logprob_top"] = table.logprob_top - table.prompt_index.map(base)
     return SteeringResult(feature=check_feature("feature", feature, sae.d_sae), table=table,
-                          top_tokens=effects[effects.kind == "promotes"].token.tolist(), tokens=tokens,
+                          top_tokens=effects.token.tolist(), tokens=tokens,
                           scale=float(unit.norm() / sae.W_dec[feature].detach().norm()))
