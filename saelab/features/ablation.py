@@ -107,27 +107,40 @@ class AblationResult(Result):
         return self.html()
 
 
+def _next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """-log P(tokens[:, t + 1]) at each position t: [batch, pos - 1], on the CPU."""
+    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    return -logp.gather(-1, tokens[:, 1:, None])[..., 0].cpu()
+
+
 @torch.no_grad()
-def _window_losses(model, sae, tokens: torch.Tensor, feature: int, name: str):
-    """(loss_clean [pos-1], loss_ablated [pos-1], activation [pos-1]) of one window tokens [pos]."""
-    seen = {}
+def _batch_losses(model, sae, windows: list[torch.Tensor], feature: int, name: str) -> list[tuple]:
+    """Per window (token ids [len]) of a right-padded batch: (loss_clean, loss_ablated, activation), each
+    [len - 1]. Causal attention: padding after a window never changes its own positions."""
+    lengths = [len(w) for w in windows]
+    tokens = torch.zeros(len(windows), max(lengths), dtype=torch.long)
+    for i, w in enumerate(windows):
+        tokens[i, :len(w)] = w
+    tokens, seen = tokens.to(model.cfg.device), {}
 
     def hook(activation, hook=None):
         out, seen["f"] = ablated(sae, activation, feature)
         return out
 
-    clean = model(tokens[None], return_type="loss", loss_per_token=True)[0]
+    clean = _next_token_loss(model(tokens), tokens)
     with hooked(model, name, hook):
-        ablated_loss = model(tokens[None], return_type="loss", loss_per_token=True)[0]
-    return clean.float().cpu(), ablated_loss.float().cpu(), seen["f"][0, :-1].float().cpu()
+        ablated_loss = _next_token_loss(model(tokens), tokens)
+    f = seen["f"].float().cpu()
+    return [(clean[i, :n - 1], ablated_loss[i, :n - 1], f[i, :n - 1]) for i, n in enumerate(lengths)]
 
 
 def feature_ablation(model, sae, texts, feature: int, k: int = 10, hook_name: str | None = None,
-                     progress: bool = True) -> AblationResult:
+                     batch_size: int = 8, progress: bool = True) -> AblationResult:
     """Per token of `texts` (held-out), the change in next-token loss when the feature's contribution
     f_i(x) d_i is removed from the activation at the SAE's hook (`hook_name` to override), every
     position but BOS. Long texts are read in context-sized windows, each starting with BOS, as
-    `collect_activations` reads them. Returns an `AblationResult` (the k tokens where it helps most)."""
+    `collect_activations` reads them, `batch_size` windows per forward pass. Returns an `AblationResult`
+    (the k tokens where it helps most)."""
     check_model("model", model, needs=("cfg", "hook_dict", "to_tokens"))
     sae = as_sae("sae", sae)
     texts = check_texts("texts", texts, allow_str=True)
@@ -136,15 +149,17 @@ def feature_ablation(model, sae, texts, feature: int, k: int = 10, hook_name: st
     name = hook_name_of(model, sae, hook_name)
     bos = prepends_bos(model)
     text_tokens = tokenize(model, texts)
+    check_int("batch_size", batch_size, minimum=1)
     tokenizer, records = getattr(model, "tokenizer", None), []
-    for window in progress_bar(split_windows(text_tokens, model.cfg.n_ctx, bos), progress=progress,
-                               desc=f"ablating feature {feature}"):
-        ids = window.tokens(text_tokens[window.text], bos)
-        positions = window.text_positions(bos).tolist()
-        clean, abl, f = _window_losses(model, sae, ids.to(model.cfg.device), feature, name)
-        for j in range(int(bos and window.start > 1), len(ids) - 1):  # a later window's added BOS: no row
-            records.append((window.text, positions[j], token_text(tokenizer, int(ids[j])),
-                            token_text(tokenizer, int(ids[j + 1])), float(f[j]), float(clean[j]), float(abl[j])))
+    windows = split_windows(text_tokens, model.cfg.n_ctx, bos)
+    batches = [windows[i:i + batch_size] for i in range(0, len(windows), batch_size)]
+    for batch in progress_bar(batches, progress=progress, desc=f"ablating feature {feature}"):
+        inputs = [w.tokens(text_tokens[w.text], bos) for w in batch]
+        for window, ids, (clean, abl, f) in zip(batch, inputs, _batch_losses(model, sae, inputs, feature, name)):
+            positions = window.text_positions(bos).tolist()
+            for j in range(int(bos and window.start > 1), len(ids) - 1):  # a later window's added BOS: no row
+                records.append((window.text, positions[j], token_text(tokenizer, int(ids[j])),
+                                token_text(tokenizer, int(ids[j + 1])), float(f[j]), float(clean[j]), float(abl[j])))
     table = pd.DataFrame(records, columns=list(ABLATION_COLUMNS[:-1]))
     table["delta_loss"] = table.loss_ablated - table.loss_clean
     return AblationResult(feature=feature, table=table, k=k)
