@@ -23,6 +23,8 @@ _EXPORTS = {
     "top_activating_examples": "features.cards", "feature_logit_effects": "features.cards",
     "feature_card": "features.cards", "TopExamples": "features.cards", "LogitEffects": "features.cards",
     "FeatureCard": "features.cards", "match_features": "features.matching", "FeatureMatches": "features.matching",
+    "steer": "features.steering", "steering_effect": "features.steering", "SteeringResult": "features.steering",
+    "pick_features": "features.steering", "feature_ablation": "features.ablation", "AblationResult": "features.ablation",
     "batch_indices": "training.batches", "TrainConfig": "training.config", "LAB_RECIPE": "training.config",
     "train_sae": "training.trainer", "TrainResult": "training.trainer",
     "lab_settings": "training.lab_settings", "LabSettings": "training.lab_settings",
@@ -34,7 +36,8 @@ _EXPORTS = {
 
 #: Every result type saelab returns (each a `saelab.results.Result`).
 RESULT_TYPES = ("TrainResult", "EvalResult", "CELossResult", "SweepResult", "CorrelationResult",
-                "LayerComparison", "TopExamples", "LogitEffects", "FeatureCard", "FeatureMatches")
+                "LayerComparison", "TopExamples", "LogitEffects", "FeatureCard", "FeatureMatches",
+                "SteeringResult", "AblationResult")
 
 __all__ = sorted(_EXPORTS)
 

@@ -18,7 +18,7 @@ from saelab.utils import describe
 N_CARDS = 4
 #: The BOS section reads the first this many tokens of each of 50 held-out texts (enough to compare norms).
 BOS_CONTEXT = 128
-N_STAGES = 7
+N_STAGES = 8
 #: Column headers as displayed in the report (the CSV files keep the plain names).
 UNITS = {"mse": "mse (per dimension)", "ce_loss_clean": "ce_loss_clean (nats/token)",
          "ce_loss_spliced": "ce_loss_spliced (nats/token)"}
@@ -28,7 +28,8 @@ GLOSSARY = (
     ("L1 (l1)", "the mean over rows of the sum of |f_i| over features f."),
     ("L0 (l0)", "the mean number of active features (f_i ≠ 0; for ReLU features, f_i > 0) per row: a count."),
     ("FVU (fvu)", "fraction of variance unexplained, sum (x - x_hat)^2 / sum (x - mean row)^2: 0 is perfect, 1 no "
-     "better than always predicting the mean row."),
+     "better than always predicting the mean row; above 1, the reconstructions are farther from the rows than the "
+     "mean row is (an SAE meeting rows unlike those it was fitted to)."),
     ("Explained variance (explained_variance)", "1 - FVU."),
     ("Dead fraction / dense fraction", "the share of features never active on the evaluation rows / active on more "
      "than 10% of them."),
@@ -36,6 +37,11 @@ GLOSSARY = (
      "mean next-token cross-entropy in nats per token: clean, with the SAE's reconstruction spliced in "
      "(ce_loss_spliced) and with the activation zeroed. 1: the SAE costs nothing; 0: as bad as deleting the "
      "activation."),
+    ("Steering (Part 7)", "adding alpha × d_i (the feature's decoder direction, raw units) to the activation at every "
+     "position but BOS; alpha counts in units of the feature's top held-out activation. delta_logprob_top: the change "
+     "in log P(next token is one of the feature's top promoted tokens), nats, mean over the prompt's positions."),
+    ("Ablation (Part 8)", "removing f_i(x) × d_i from the real activation (the SAE's error term stays); delta_loss: the "
+     "next-token loss with it removed minus without, nats per token, where the feature fires and where it does not."),
 )
 
 
@@ -345,6 +351,36 @@ def _cards_section(lab: _Lab, sae, density, correlation, test_acts) -> None:
         lab.report.add(card.html())
 
 
+def _steering_sections(lab: _Lab, sae, density, test_acts) -> None:
+    """Parts 7 and 8: steering and ablating the two features the lab's rule picks (`pick_features`)."""
+    import pandas as pd
+
+    from saelab.data import TEST_PROMPTS
+    from saelab.features import feature_ablation, pick_features, steering_effect
+
+    _stage(7, N_STAGES, "steering and ablation")
+    features, rows, parts = pick_features(lab.model, sae, density, n=2, vocab=test_acts.token_ids), [], {7: [], 8: []}
+    for f in features:
+        steering = steering_effect(lab.model, sae, f, list(TEST_PROMPTS.values())[:3], alphas=[1, 2], seed=lab.seed,
+                                   alpha_scale="max", activations=test_acts, n_new=8, vocab=test_acts.token_ids)
+        ablation = feature_ablation(lab.model, sae, lab.test_texts[:lab.settings.ce_texts], f, progress=lab.progress)
+        parts[7].append(steering.html())
+        parts[8].append(ablation.html())
+        rows.append({"feature": f, "delta_logprob_top_alpha1": steering.mean_delta(1.0),
+                     "delta_logprob_top_alpha2": steering.mean_delta(2.0), "tokens_firing": int(ablation.firing.sum()),
+                     "delta_loss_firing": ablation.mean_delta_firing, "delta_loss_silent": ablation.mean_delta_silent})
+    rule = (f"Features {features} of the coef {lab.settings.coef:g} SAE, picked by the lab's rule (saelab.pick_features): "
+            "active on 0.2% to 5% of held-out tokens, and of those the two whose decoder direction raises the logit of "
+            "a token of the held-out text most. See the glossary for the units.")
+    for part, title in ((7, "Part 7 (exercise 7): Steering, switching a feature on"),
+                        (8, "Part 8 (exercise 8): Ablation, switching a feature off")):
+        lab.report.add(f"<h2>{title}</h2>")
+        lab.report.text(rule)
+        lab.report.add("".join(parts[part]))
+    lab.report.table(pd.DataFrame(rows), "steering_and_ablation", "Per feature: the mean change in log P(top promoted "
+                     "tokens) when steered, and in next-token loss when ablated, where it fires and where not.")
+
+
 def _glossary(report: _Report) -> None:
     """The words and units of the tables, as in the lab's Part 3 glossary."""
     items = "".join(f"<dt><b>{html.escape(term)}</b></dt><dd>{html.escape(text)}</dd>" for term, text in GLOSSARY)
@@ -410,7 +446,8 @@ def _run(model_name, out: Path, seed, device, settings, progress, announce, star
         correlation = _correlation_section(lab, sae, test_acts)
         _layers_section(lab)
         _cards_section(lab, sae, sweep.metrics[settings.coef].feature_density, correlation, test_acts)
-        _stage(7, N_STAGES, "writing the report")
+        _steering_sections(lab, sae, sweep.metrics[settings.coef].feature_density, test_acts)
+        _stage(8, N_STAGES, "writing the report")
         _glossary(lab.report)
         lab.report.add(f"<p style='color:#777;font-size:12px;margin-top:32px'>Generated by <code>saelab run --model "
                        f"{html.escape(model_name)} --seed {seed}</code> in {time.perf_counter() - started:.0f}s.</p>")

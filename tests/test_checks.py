@@ -381,7 +381,7 @@ def test_failure_text_is_the_message_with_its_check_and_exercise():
     text = checks.failure_text(info.value)
     assert text.startswith("❌ check_fvu (exercise 5) failed: this is the explained variance")
     assert max(len(line) for line in text.splitlines()) <= 100
-    assert sorted(checks.EXERCISES.values()) == [1, 2, 3, 4, 5]
+    assert sorted(checks.EXERCISES.values()) == [1, 2, 3, 4, 5, 7, 8]  # Part 6 has questions only
 
 
 def run_python(code):
@@ -437,3 +437,77 @@ def test_the_bos_message_states_the_norm_ratio_only_where_it_is_large():
 def test_check_activations_wants_the_model():
     with pytest.raises(CheckFailed, match="pass the notebook's model"):
         checks.check_activations(reference_rows, "tiny")
+
+
+# --------------------------------------------------------------------------- issue 20: holes found by a student
+
+def per_dimension_fvu(x, x_hat):
+    return ((x - x_hat).pow(2).sum(dim=0) / (x - x.mean(dim=0)).pow(2).sum(dim=0)).mean().item()
+
+
+def test_check_fvu_rejects_the_mean_of_per_dimension_fvus():
+    with pytest.raises(CheckFailed, match="mean of each dimension's own FVU"):
+        checks.check_fvu(per_dimension_fvu)
+
+
+def test_check_fvu_inputs_separate_the_right_answer_from_every_listed_mistake():
+    from saelab.checks.fvu import _data, _mistakes
+    from saelab.metrics import evaluate
+    sae, x, x_hat = _data()
+    right = evaluate(sae, x).fvu
+    assert abs(right - fvu(x, x_hat)) < 1e-6
+    values = _mistakes(x, x_hat)
+    assert len(values) == 6
+    for hint, value in values.items():
+        assert abs(value - right) > 0.01 * right, hint  # 100x the check's tolerance (rel 1e-4)
+    assert per_dimension_fvu(x, x_hat) > 2 * right      # uneven dimensions: 0.241 against 0.102
+
+
+class WrongTermCoef(SkeletonSAE):
+    def compute_loss(self, x, sparsity_coef=1e-3):
+        reconstructed, features = self.forward(x)
+        recon, sparsity = F.mse_loss(reconstructed, x), features.abs().mean()
+        return sparsity_coef * recon + sparsity, {
+            "recon": recon.item(), "sparsity": sparsity.item(),
+            "n_active": (features > 0).sum(dim=-1).float().mean().item()}
+
+
+def test_check_sae_names_the_coefficient_on_the_wrong_term_without_blaming_a_fixed_number():
+    with pytest.raises(CheckFailed, match="multiplies the wrong term") as info:
+        checks.check_sae(WrongTermCoef)
+    assert "fixed number" not in str(info.value)
+
+
+def test_check_sae_names_the_fixed_coefficient_it_found():
+    with pytest.raises(CheckFailed, match=r"recon \+ 0.001 \* sparsity"):
+        checks.check_sae(FixedCoef)
+
+
+def resid_post_one_layer_early(model, texts, layer):
+    return reference_rows(model, texts, layer - 1)
+
+
+def test_check_activations_advice_for_the_previous_layer_names_both_readings(model):
+    with pytest.raises(CheckFailed) as info:
+        checks.check_activations(resid_post_one_layer_early, model)
+    message = str(info.value)
+    assert "resid_post at layer 0" in message and "one block too early" in message
+    assert "cache['resid_post', layer]" in message
+
+
+def batch_dimension_kept(model, texts, layer):
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            _, cache = model.run_with_cache(model.to_tokens(text))
+            rows.append(cache["resid_post", layer][:, 1:])
+    return torch.cat(rows, dim=0)
+
+
+def test_check_activations_hints_at_the_batch_dimension_when_torch_cat_fails(model):
+    with pytest.raises(CheckFailed) as info:
+        checks.check_activations(batch_dimension_kept, model)
+    message = str(info.value)
+    assert "RuntimeError: Sizes of tensors must match" in message
+    assert ".." not in message
+    assert "batch dimension" in message and "[0, 1:]" in message

@@ -271,3 +271,18 @@ def test_match_features_breaks_ties_by_the_lowest_id():
             b.encoder.weight[i] = a.encoder.weight[0] * 3.0
     table = match_features(a, b, chunk=1).table.set_index("feature")
     assert table.loc[0, "match"] == 2 and table.loc[0, "cosine"] == pytest.approx(1.0)
+
+
+def test_a_strongly_shaded_newline_is_drawn_dark_and_a_faint_one_grey():
+    from saelab.features.cards import token_span
+    strong, faint = token_span("\n", 1.0, 1.0, True), token_span("\n", 0.1, 1.0, False)
+    assert "⏎" in strong and "⏎" in faint
+    assert "#999" not in strong and "color: #4a1300" in strong   # dark on orange, not grey on orange
+    assert "color: #999" in faint
+
+
+def test_the_location_column_of_top_examples_does_not_wrap(sae, acts, dense):
+    import re
+    html = top_activating_examples(sae, acts, _a_feature(dense), k=3).html()
+    cells = re.findall(r"<td style='([^']*)'>text \d+, pos \d+</td>", html)
+    assert len(cells) == 3 and all("white-space:nowrap" in style for style in cells)

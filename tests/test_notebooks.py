@@ -207,7 +207,7 @@ def test_shipped_lab_sources_parse_and_do_not_leak():
     assert not notebooks.solution_only_lines(cells) & {line.strip() for line in text.splitlines()}
     assert "raise NotImplementedError()" in text
     checks = [c for c in exercise.cells if "check" in c.metadata.get("tags", [])]
-    assert len(checks) == 5 and all("raises-exception" in c.metadata["tags"] for c in checks)
+    assert len(checks) == 7 and all("raises-exception" in c.metadata["tags"] for c in checks)
     assert all(c.source.startswith("checks.check_") for c in checks)
 
 

@@ -168,3 +168,17 @@ def test_a_killed_run_leaves_the_old_one_whole(lab_run, tmp_path):
     _run_small(out, seed=1)
     assert json.loads((out / "manifest.json").read_text())["seed"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # the killed run's temp was reclaimed
+
+
+def test_steering_and_ablation_sections(lab_run):
+    out, path = lab_run
+    page = path.read_text(encoding="utf-8")
+    for heading in ("Part 7 (exercise 7): Steering", "Part 8 (exercise 8): Ablation", "saelab.pick_features",
+                    "Steering (Part 7)", "Ablation (Part 8)"):
+        assert heading in page
+    assert page.index("Part 6: Feature cards") < page.index("Part 7 (exercise 7)") < page.index("Glossary")
+    table = pd.read_csv(out / "tables" / "steering_and_ablation.csv")
+    assert len(table) == 2 and table.feature.nunique() == 2
+    assert (table.tokens_firing > 0).all()
+    assert (table.delta_loss_silent.abs() < 0.02).all()          # removing nothing costs about nothing
+    assert (table.delta_logprob_top_alpha2 > 0).all()            # the direction promotes its own top tokens

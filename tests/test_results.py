@@ -45,13 +45,17 @@ def runs(model, train_texts, test_texts):
         "LogitEffects": saelab.feature_logit_effects(model, sae, feature, k=3),
         "FeatureCard": saelab.feature_card(model, sae, train, feature, k=3),
         "FeatureMatches": saelab.match_features(sae, saelab.TiedSAE(d, 2 * d, seed=1)),
+        "SteeringResult": saelab.steering_effect(model, sae, feature, ["def f(x):"], alphas=[2.0], n_new=3,
+                                                 hook_name="blocks.1.hook_resid_post"),
+        "AblationResult": saelab.feature_ablation(model, sae, test_texts[:2], feature, k=3,
+                                                  hook_name="blocks.1.hook_resid_post", progress=False),
     }
 
 
 def test_every_result_type_is_exported():
     assert set(saelab.RESULT_TYPES) == {"TrainResult", "EvalResult", "CELossResult", "SweepResult",
                                         "CorrelationResult", "LayerComparison", "TopExamples", "LogitEffects",
-                                        "FeatureCard", "FeatureMatches"}
+                                        "FeatureCard", "FeatureMatches", "SteeringResult", "AblationResult"}
     for name in saelab.RESULT_TYPES + ("TrainConfig", "as_sae", "Result"):
         assert name in saelab.__all__ and getattr(saelab, name) is not None, name
 

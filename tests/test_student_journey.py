@@ -72,6 +72,30 @@ MISTAKES = {
         ("explained variance", [("return ((x - x_hat)", "return 1 - ((x - x_hat)")], "explained variance"),
         ("MSE", [("((x - x_hat).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum()).item()",
                   "(x - x_hat).pow(2).mean().item()")], "this is the MSE"),
+        ("mean of per-dimension FVUs", [("((x - x_hat).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum()).item()",
+                                         "((x - x_hat).pow(2).sum(0) / (x - x.mean(dim=0)).pow(2).sum(0)).mean().item()")],
+         "mean of each dimension's own FVU"),
+    ],
+    "check_steering": [
+        ("BOS steered", [("added[:, 1:] = alpha * direction", "added[:, :] = alpha * direction")], "BOS token"),
+        ("input_scale forgotten", [("sae.W_dec[feature].detach()", "sae.encoder.weight[feature].detach()")],
+         "forgets sae.input_scale"),
+        ("last position only", [("added[:, 1:] = alpha * direction", "added[:, -1:] = alpha * direction")],
+         "only the last position"),
+        ("alpha * f_i", [("added[:, 1:] = alpha * direction",
+                          "added[:, 1:] = alpha * sae.encode(activation)[:, 1:, feature, None]")], "adds alpha * f_i"),
+        ("hook left after an error", [("    with model.hooks(fwd_hooks=[(sae.hook_name, hook)]):", "    if True:"),
+                                      ("        yield", "        model.add_hook(sae.hook_name, hook)\n        yield\n"
+                                                      "        model.reset_hooks()")], "stayed registered"),
+    ],
+    "check_ablation": [
+        ("reconstruction", [("return x - sae.encode(x)[:, feature, None] * sae.W_dec[feature]",
+                             "return sae.decode(sae.encode(x))")], "this is the SAE's reconstruction"),
+        ("input_scale forgotten", [("* sae.W_dec[feature]", "* sae.encoder.weight[feature]")],
+         "forgets sae.input_scale"),
+        ("decoder bias", [("* sae.W_dec[feature]", "* sae.W_dec[feature] - sae.b_dec")], "decoder bias"),
+        ("every feature", [("return x - sae.encode(x)[:, feature, None] * sae.W_dec[feature]",
+                            "return x - sae.encode(x) @ sae.W_dec")], "every feature is removed"),
     ],
 }
 

@@ -27,6 +27,8 @@ EXERCISES = {
     "check_training_loop": 3,  # Part 3: the training loop of the sparsity sweep
     "check_top_pairs": 4,      # Part 4: features that fire together
     "check_fvu": 5,            # Part 5: the fraction of variance unexplained
+    "check_steering": 7,       # Part 7: switching a feature on (steering)
+    "check_ablation": 8,       # Part 8: switching a feature off (ablation)
 }
 
 NOT_IMPLEMENTED = ("is not implemented yet (it raises NotImplementedError). Replace the "
@@ -69,7 +71,8 @@ def call(check: str, what: str, fn, *args, hint: str = "", **kwargs):
     except CheckFailed:
         raise
     except Exception as e:  # the student's code failed: say how, without the stack trace
-        detail = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        first_line = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else ""
+        detail = f"{type(e).__name__}: {first_line}" if first_line else type(e).__name__
         fail(check, f"{what} raised {detail}." + (f" Hint: {hint}" if hint else ""))
 
 

@@ -2,7 +2,9 @@
 
 Recipe steps and the check that notices each one skipped or wrong: the squared error summed over rows
 and dimensions, the denominator centred on each dimension's own mean (not uncentred, not one overall
-mean), both as sums (or both as means, not a sample variance), the ratio itself (not 1 - it), a number.
+mean), both as sums (or both as means, not a sample variance), the ratio itself (not 1 - it), one ratio
+of two totals (not the mean of each dimension's own FVU), a number. The fixed inputs reconstruct each
+dimension to a different degree, so every one of those mistakes gives a value far from the right one.
 """
 from __future__ import annotations
 
@@ -17,15 +19,17 @@ CHECK = "check_fvu"
 
 def _data():
     """x [64, 8] far from zero mean, with a different mean and scale per dimension, and a TiedSAE whose
-    reconstruction x_hat = mean + 0.64 (x - mean) leaves FVU = 0.36^2 unexplained: (sae, x, x_hat)."""
+    reconstruction x_hat = mean + c_d (x - mean), c_d from 0.2 (the narrowest dimension) to 0.95 (the
+    widest), explains each dimension to a different degree: FVU 0.102, while the mean of the eight
+    per-dimension FVUs is 0.241. Returns (sae, x, x_hat)."""
     from saelab.sae.tied import TiedSAE
 
     g = torch.Generator().manual_seed(6)
     x = torch.randn(64, 8, generator=g) * torch.linspace(0.5, 3, 8) + torch.linspace(-4, 8, 8)
-    mean, eye = x.mean(dim=0), torch.eye(8)
+    mean, root_c = x.mean(dim=0), torch.diag(torch.linspace(0.2, 0.95, 8).sqrt())
     sae = TiedSAE(8, 24, seed=7)
-    with torch.no_grad():  # features relu(+-0.8 (x - mean)), decoded back to 0.64 (x - mean) + mean
-        sae.encoder.weight.copy_(0.8 * torch.cat([eye, -eye, torch.zeros(8, 8)]))
+    with torch.no_grad():  # features relu(+-sqrt(c_d) (x - mean)_d), decoded back to c_d (x - mean)_d + mean_d
+        sae.encoder.weight.copy_(torch.cat([root_c, -root_c, torch.zeros(8, 8)]))
         sae.encoder.bias.copy_(-sae.encoder.weight @ mean)
         sae.decoder_bias.copy_(mean)
         return sae, x, sae(x)[0]
@@ -46,6 +50,10 @@ def _mistakes(x, x_hat) -> dict[str, float]:
         "the rows, x.mean(dim=0).": sq_err / (x - x.mean()).pow(2).sum().item(),
         "this is the MSE; divide the squared error by the total variance to get the fraction unexplained: "
         "sum((x - x_hat)^2) / sum((x - x.mean(0))^2).": (x - x_hat).pow(2).mean().item(),
+        "this is the mean of each dimension's own FVU; FVU is one ratio of two totals, the squared error summed "
+        "over rows AND dimensions over the variance summed the same way, so a dimension with more variance counts "
+        "for more: sum((x - x_hat)^2) / sum((x - x.mean(0))^2).":
+            ((x - x_hat).pow(2).sum(dim=0) / (x - x.mean(dim=0)).pow(2).sum(dim=0)).mean().item(),
         "the denominator is a sample variance (torch.var divides by n - 1), the numerator a mean over n: use "
         "sums for both (or torch.var(..., unbiased=False)).": sq_err / centred * (n - 1) / n,
     }

@@ -14,6 +14,9 @@ from saelab.checks.core import as_tensor, call, close, fail, passed
 
 CHECK = "check_activations"
 CHECK_TEXTS = ("The quick brown fox jumps over the lazy dog.", "def add(a, b):\n    return a + b")
+CAT_HINT = ("when torch.cat says the sizes of tensors must match, each text's rows still have the batch dimension "
+            "[1, pos, d_model] and the texts differ in length; take the first (only) batch entry, "
+            "cache['resid_post', layer][0, 1:], so each text gives [pos - 1, d_model].")
 HOOKS = {"resid_pre": "the block's input", "resid_mid": "after attention, before the MLP"}
 
 
@@ -68,8 +71,12 @@ def _wrong_values(model, layer, got, with_bos, position) -> None:
     for hook, where in HOOKS.items():
         rows, _ = _rows(model, CHECK_TEXTS, layer, hook)
         if close(got, rows[position != 0], atol=1e-3, rtol=1e-3):
-            extra = f" (which equals resid_post of layer {layer - 1})" if hook == "resid_pre" and layer else ""
-            fail(CHECK, f"these are the rows of the hook {hook} at layer {layer}, {where}{extra}; the lab uses "
+            if hook == "resid_pre" and layer:
+                fail(CHECK, f"these rows are block {layer}'s input: the hook resid_pre at layer {layer}, the same "
+                            f"values as resid_post at layer {layer - 1}, one block too early (cache['resid_pre', "
+                            "layer] and cache['resid_post', layer - 1] both give them). Take the block's output at "
+                            "the layer asked for: cache['resid_post', layer].")
+            fail(CHECK, f"these are the rows of the hook {hook} at layer {layer}, {where}; the lab uses "
                         f"resid_post, the block's output: cache['resid_post', layer] (blocks.{layer}.hook_resid_post).")
     for other in range(model.cfg.n_layers):
         rows, _ = _rows(model, CHECK_TEXTS, other)
@@ -97,8 +104,8 @@ def check_activations(collect_rows, model, layer: int = 1) -> None:
     texts = list(CHECK_TEXTS)
     with_bos, position = _rows(model, CHECK_TEXTS, layer)
     ref = with_bos[position != 0]
-    got = _as_rows(call(CHECK, f"collect_rows(model, texts, layer={layer})", collect_rows, model, texts, layer),
-                   with_bos.shape[1])
+    got = _as_rows(call(CHECK, f"collect_rows(model, texts, layer={layer})", collect_rows, model, texts, layer,
+                        hint=CAT_HINT), with_bos.shape[1])
     if len(got) == len(with_bos):
         fail(CHECK, bos_message(with_bos, position == 0))
     if len(got) > len(ref):

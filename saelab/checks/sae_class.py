@@ -158,12 +158,20 @@ def _check_loss(loss, want_loss, values: dict, coef: float) -> None:
                     "torch.no_grad() or from .item() / .detach() values.")
     if close(loss.detach(), want_loss.detach(), atol=1e-6):
         return
-    if math.isclose(loss.item(), values["recon"] + values["sparsity"], rel_tol=1e-5) and coef != 1:
+    recon, sparsity, got = values["recon"], values["sparsity"], loss.item()
+    if math.isclose(got, recon + sparsity, rel_tol=1e-5) and coef != 1:
         fail(CHECK, "the loss is recon + sparsity without the coefficient: it should be recon + sparsity_coef * "
                     "sparsity, using the sparsity_coef argument.")
-    fail(CHECK, f"compute_loss(x, sparsity_coef={coef}) returned loss {loss.item():.6g}, expected recon + "
-                f"sparsity_coef * sparsity = {want_loss.item():.6g}. Use the sparsity_coef argument, not a fixed "
-                "number.")
+    if math.isclose(got, coef * recon + sparsity, rel_tol=1e-5):
+        fail(CHECK, "the coefficient multiplies the wrong term: the loss is sparsity_coef * recon + sparsity; it "
+                    "should be recon + sparsity_coef * sparsity (the coefficient weighs the L1 penalty).")
+    used = (got - recon) / sparsity if sparsity else float("nan")
+    if math.isfinite(used) and used > 0 and not math.isclose(used, coef, rel_tol=1e-3):
+        fail(CHECK, f"compute_loss(x, sparsity_coef={coef}) returned recon + {used:.3g} * sparsity: the "
+                    "coefficient is not the sparsity_coef argument (a fixed number, or a default that wins). Use "
+                    "recon + sparsity_coef * sparsity.")
+    fail(CHECK, f"compute_loss(x, sparsity_coef={coef}) returned loss {got:.6g}, expected recon + sparsity_coef * "
+                f"sparsity = {want_loss.item():.6g}, from the same recon and sparsity as the stats.")
 
 
 def _check_compute_loss(sae, ref, x) -> None:

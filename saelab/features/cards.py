@@ -26,6 +26,7 @@ from saelab.validate import check_feature, check_int, check_model, check_rows
 EXAMPLE_COLUMNS = ("row", "text_index", "position", "token", "activation", "context")
 EFFECT_COLUMNS = ("kind", "rank", "token_id", "token", "effect")
 _FIRE_RGB = "255, 112, 67"     # the highlight colour of activations (orange-red)
+_GREY_ON_SHADE = 0.35          # above this shade, grey whitespace marks (⏎, ·) are drawn dark instead
 _FONT = "font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace"
 _SANS = "font-family: system-ui, -apple-system, Helvetica, Arial, sans-serif"
 
@@ -126,13 +127,13 @@ class TopExamples(Result):
         lines = []
         for example, context in zip(self.table.itertuples(), self.contexts):
             tokens, index, acts = context if context else ([example.token or "?"], 0, [example.activation])
-            spans = "".join(_token_span(t, a, scale, i == index) for i, (t, a) in enumerate(zip(tokens, acts)))
+            spans = "".join(token_span(t, a, scale, i == index) for i, (t, a) in enumerate(zip(tokens, acts)))
             where = ("" if pd.isna(example.text_index)
                      else f"text {int(example.text_index)}, pos {int(example.position)}")
             lines.append(
                 f"<tr><td style='text-align:right; padding:2px 8px; {_SANS}; color:#444'>{fmt(example.activation)}</td>"
                 f"<td style='padding:2px 4px; {_FONT}; font-size:13px; white-space:pre'>{spans}</td>"
-                f"<td style='padding:2px 8px; {_SANS}; font-size:11px; color:#888'>{where}</td></tr>")
+                f"<td style='padding:2px 8px; {_SANS}; font-size:11px; color:#888; white-space:nowrap'>{where}</td></tr>")
         return (f"{head}<table style='border-collapse:collapse'><tr style='{_SANS}; font-size:12px; color:#666'>"
                 f"<th style='text-align:right; padding:2px 8px'>activation</th><th style='text-align:left'>context "
                 f"(shade = this feature's activation on each token; boxed = the example's token)</th><th></th></tr>"
@@ -142,14 +143,15 @@ class TopExamples(Result):
         return self.html()
 
 
-def _token_span(token: str, activation, scale: float, firing: bool) -> str:
+def token_span(token: str, activation, scale: float, firing: bool) -> str:
+    """One token as HTML, shaded by activation / scale (None: no value), boxed when `firing`."""
     alpha = 0.0 if activation is None or scale <= 0 else max(0.0, min(1.0, activation / scale))
     tip = "no row" if activation is None else fmt(activation)
     style = f"background: rgba({_FIRE_RGB}, {alpha:.2f}); border-radius: 2px;"
     if firing:
         style += " outline: 1.5px solid #b71c1c; font-weight: bold;"
-    if not token.strip():
-        style += " color: #999;"
+    if not token.strip():  # ⏎ / · in grey, dark where the shade is strong enough to hide grey
+        style += " color: #999;" if alpha < _GREY_ON_SHADE else " color: #4a1300;"
     return f"<span title='{html.escape(tip, quote=True)}' style='{style}'>{html.escape(visible_token(token))}</span>"
 
 

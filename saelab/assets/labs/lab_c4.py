@@ -9,7 +9,7 @@
 # BEGIN SOLUTION
 # **Solution notebook.** Every exercise is filled in and every check passes; the outputs come from
 # `saelab notebooks execute` on the model named by `$SAELAB_MODEL` (the embedded `tiny` model by default).
-# STUB: **Exercise notebook.** Parts 1 to 5 each hold one exercise, numbered like its part: fill in the cells
+# STUB: **Exercise notebook.** Parts 1 to 5, 7 and 8 each hold one exercise, numbered like its part: fill in the cells
 # STUB: marked `raise NotImplementedError()`, then run the check cell below each one. A check prints a line
 # STUB: starting with ✅ when your code is right; otherwise the cell fails with a message starting with ❌ that
 # STUB: says what is wrong and hints at the usual mistake (so "Run all" stops at the first unfinished exercise).
@@ -24,7 +24,9 @@
 # 3. train SAEs at several sparsity levels and read the trade-off on held-out text (Part 3, exercise 3),
 # 4. find features that fire together (Part 4, exercise 4),
 # 5. compare SAEs on an early and a late layer, fairly (Part 5, exercise 5),
-# 6. look closely at a few features (Part 6, questions only).
+# 6. look closely at a few features (Part 6, questions only),
+# 7. switch a feature on: add its direction to the model's activation and read what the model writes (Part 7, exercise 7),
+# 8. switch a feature off: remove its contribution and measure which tokens it helped predict (Part 8, exercise 8).
 #
 # The words and units of the tables (MSE, L1, L0, FVU, CE loss recovered, ...) are in the glossary in Part 3b.
 #
@@ -325,6 +327,9 @@ checks.check_training_loop(train_one)
 # - **L0** (`l0`): the mean number of active features ($f_i \neq 0$; for ReLU features, $f_i > 0$) per row: a count.
 # - **FVU** (`fvu`): the fraction of variance unexplained, $\sum (x - \hat{x})^2 / \sum (x - \bar{x})^2$ with
 #   $\bar{x}$ each dimension's mean: 0 is perfect, 1 is no better than always predicting the mean row.
+#   **Above 1** the reconstructions are farther from the rows than the mean row is: worse than knowing nothing
+#   about the token. It happens when an SAE meets rows unlike those it was fitted to (Part 3d shows one: an SAE
+#   that memorised a few dozen rows decodes new rows into vectors of the wrong size and direction).
 # - **Explained variance** (`explained_variance`): 1 - FVU.
 # - **Dead fraction** (`dead_fraction`): the share of features never active on these rows; **dense fraction**
 #   (`dense_fraction`): the share active on more than 10% of them.
@@ -438,7 +443,9 @@ assert flatter["seed SAE, measured on its training prompts"].fvu < flatter["seed
 # than there are distinct rows, so near-perfect reconstruction on those rows says nothing about new
 # text. Measured on held-out text the same SAE reconstructs far worse, because it never saw the variety of
 # real activations. The held-out number estimates what we care about, how well the dictionary explains
-# activations the SAE has not seen; an SAE trained on many tokens does much better there. (The seed also
+# activations the SAE has not seen; an SAE trained on many tokens does much better there. An FVU above 1, as
+# here, means the seed's SAE does worse on new text than always answering the mean row: the directions it
+# memorised fire on new rows and add vectors that point away from them. (The seed also
 # kept the BOS rows, which made its loss mostly about one direction.)
 # END SOLUTION
 
@@ -547,12 +554,16 @@ checks.check_fvu(fvu)
 
 # %% [markdown]
 # `saelab.compare_layers` collects the rows of both layers in one pass, trains one SAE per layer (the
-# seed's early and late layers, 2 and 10 of 12, at the same relative depth) and reports, on held-out
+# seed's early and late layers, 2 and 10 of GPT-2 small's 12, scaled to this model's depth:
+# `saelab.notebook_layers(model)`, printed below) and reports, on held-out
 # texts, the activation norm, the raw MSE, FVU and L0, then the seed's four test prompts: how many
 # features are active at the last token, and the strongest. Both SAEs use the same coefficient, and with
 # the recipe's normalisation (3b) it asks the same sparsity of both layers, whatever their norms.
 
 # %%
+EARLY, LATE = saelab.notebook_layers(model)[0], saelab.notebook_layers(model)[-1]
+print(f"{MODEL_NAME}: early layer {EARLY} and late layer {LATE} of {model.cfg.n_layers} "
+      f"(the seed's 2 and 10 of 12, at the same relative depth)")
 layers = saelab.compare_layers(model, train_texts, max_tokens=MAX_TOKENS, eval_texts=test_texts,
                                eval_max_tokens=EVAL_TOKENS, sparsity_coef=COEF, config=RECIPE, n_features=N_FEATURES)
 display(layers)
@@ -602,6 +613,149 @@ for feature in picks:
 # END SOLUTION
 
 # %% [markdown]
+# ## Part 7 (exercise 7): Switching a feature on (steering)
+#
+# **What.** Write `my_steer(model, sae, feature, alpha)`, a context manager: while its `with` block runs,
+# every forward pass of the model gets $\alpha\, d_i$ added to the activation at the SAE's hook
+# (`sae.hook_name`) at every position except 0 (BOS), where $d_i$ = `sae.W_dec[feature]` is the feature's
+# decoder direction in raw activation units. When the block ends, after an error too, the hook is gone.
+#
+# **Why.** A card says where a feature fires and which next tokens its direction pushes up: a story, built
+# from correlations. Adding the direction and reading what the model then writes tests the story: if the
+# feature means "a line break with indentation comes next", the steered model should write one.
+#
+# **Difficulty:** ★★☆ · **Time:** about 15 minutes
+#
+# <details><summary>Hint 1</summary>
+#
+# A TransformerLens hook is `def hook(activation, hook): return new_activation`, with `activation` of shape
+# `[batch, pos, d_model]`; `with model.hooks(fwd_hooks=[(sae.hook_name, hook)]): yield` registers it for the
+# block and removes it on the way out, whatever happens inside.
+# </details>
+# <details><summary>Hint 2</summary>
+#
+# `sae.W_dec[feature]` already includes `sae.input_scale` (the SAE reads and writes raw activations);
+# `sae.encoder.weight[feature]` does not. Steering adds the same vector at every position: not the feature's
+# activation, and not only where it fires.
+# </details>
+
+# %%
+import contextlib
+
+
+@contextlib.contextmanager
+def my_steer(model, sae, feature, alpha):
+    """While the with block runs: activation += alpha * sae.W_dec[feature] at sae.hook_name, positions 1:."""
+    # BEGIN SOLUTION
+    direction = sae.W_dec[feature].detach()  # [d_model], raw units (input_scale applied)
+
+    def hook(activation, hook):
+        added = torch.zeros_like(activation)
+        added[:, 1:] = alpha * direction      # position 0 is BOS: left alone
+        return activation + added
+
+    with model.hooks(fwd_hooks=[(sae.hook_name, hook)]):  # removed on exit, after an error too
+        yield
+    # END SOLUTION
+
+# %% tags=["check"]
+checks.check_steering(my_steer, model)
+
+# %% [markdown]
+# `saelab.steer` is the reference (it can also take `alpha` in units of the feature's top activation on
+# held-out rows, `alpha_scale="max"`, so that one number means the same on every model), and
+# `saelab.steering_effect` runs it on a few prompts: for each alpha, the greedy continuation and a sampled one
+# (seeded, the same for every alpha), and the change in the log-probability that the next token is one of
+# the feature's top promoted tokens (its logit effects, as on the card).
+#
+# **Which feature?** A rule, so that the part works on any model and any training run:
+# `saelab.pick_features` takes the features active on 0.2% to 5% of held-out tokens (alive, not dense, as in
+# Part 6) and, among them, those whose decoder direction raises one token's logit most, counting only tokens
+# that occur in the held-out text (rare byte pieces have large unembedding rows and would win otherwise): a
+# feature that writes a clear prediction is the easiest to test by steering. Read its card first.
+
+# %%
+SEEN = test_acts.token_ids  # the tokens of the held-out text: logit effects count only tokens the model writes
+STEERED = saelab.pick_features(model, sae, sweep.metrics[COEF].feature_density, n=2, vocab=SEEN)
+print("features picked by the rule:", STEERED)
+display(saelab.feature_card(model, sae, test_acts, STEERED[0], k=6))
+steering = saelab.steering_effect(model, sae, STEERED[0], list(saelab.TEST_PROMPTS.values())[:3], alphas=[1, 2],
+                                  alpha_scale="max", activations=test_acts, n_new=8, vocab=SEEN)
+display(steering)
+display(steering.plot())
+
+# %% [markdown]
+# **Question.** From the card: where does the feature fire, and which tokens does it promote? Steered, what does
+# the model write, and by how much does the log-probability of those tokens rise? Does steering confirm the
+# card's story? What would it mean if steering changed nothing?
+#
+# BEGIN SOLUTION
+# **Answer.** (Depends on the run; on `tiny` the rule picks a feature that fires at the end of a line inside an
+# indented block and promotes a line break followed by indentation.) Steered at once or twice its top
+# activation, the greedy continuations fill with those tokens (indented lines), on prompts that have nothing
+# to do with them, and the log-probability of the promoted tokens rises by several nats. That
+# is causal evidence: the direction does what the card's logit effects say. Too strong an alpha makes the
+# model repeat the token endlessly, which says the direction is used, not that the text makes sense. A
+# feature whose steering changes nothing may be read by nothing downstream (its logit effect is small, or
+# later layers ignore it), or may matter only together with other features.
+# END SOLUTION
+
+# %% [markdown]
+# ## Part 8 (exercise 8): Switching a feature off (ablation)
+#
+# **What.** Write `ablate(sae, x, feature)`: rows `x` `[n, d_model]` with the feature's own contribution
+# removed, $x - f_i(x)\, d_i$, with $f_i(x)$ = `sae.encode(x)[:, feature]` and $d_i$ = `sae.W_dec[feature]`.
+# Keep the real `x`: do not replace it with the SAE's reconstruction.
+#
+# **Why.** If the feature matters to the model, removing it should cost next-token loss exactly on the tokens
+# where it fires (and nothing elsewhere). Subtracting from the real activation keeps the SAE's error term
+# $x - \hat{x}$, so the only change is the feature; the reconstruction would also remove everything the SAE
+# misses.
+#
+# **Difficulty:** ★☆☆ · **Time:** about 10 minutes
+#
+# <details><summary>Hint</summary>
+#
+# One line: `x - sae.encode(x)[:, feature, None] * sae.W_dec[feature]`. Rows where the feature is 0 must not
+# change (no decoder bias, no pre-activation).
+# </details>
+
+# %%
+def ablate(sae, x, feature):
+    """x [n, d_model] without the feature's contribution: x - f_i(x) * sae.W_dec[feature]."""
+    # BEGIN SOLUTION
+    return x - sae.encode(x)[:, feature, None] * sae.W_dec[feature]
+    # END SOLUTION
+
+# %% tags=["check"]
+checks.check_ablation(ablate)
+
+# %% [markdown]
+# `saelab.feature_ablation` runs the model on held-out texts twice, clean and with the same feature's
+# contribution removed at the SAE's hook (every position but BOS), and reports every token's change in
+# next-token loss: the tokens where the feature helps most (shaded like the cards), and the mean change where
+# the feature fires and where it does not.
+
+# %%
+ablation = saelab.feature_ablation(model, sae, test_texts[:CE_TEXTS], STEERED[0], k=8)
+display(ablation)
+display(ablation.plot())
+
+# %% [markdown]
+# **Question.** Where does removing the feature cost the model most: on the tokens its card shows, and for
+# the next tokens its logit effects promote? Why is the change almost exactly 0 where the feature does not
+# fire, yet not exactly 0 on every such token?
+#
+# BEGIN SOLUTION
+# **Answer.** (Depends on the run.) The loss rises on tokens where the feature fires, and most where the next
+# token is one of those it promotes (the `next` column): the model was using the feature to predict it. Where
+# the feature does not fire its contribution $f_i(x) d_i$ is 0, so nothing is removed at that position; a
+# token can still change a little because attention reads earlier positions, where the feature may have been
+# removed. A feature whose ablation costs nothing even where it fires is not used by the model's later
+# layers, however clean its card looks.
+# END SOLUTION
+
+# %% [markdown]
 # ## Wrap-up
 #
 # - A tied SAE is an encoder, a ReLU and the encoder's own weight transposed as the decoder; the L1
@@ -610,7 +764,8 @@ for feature in picks:
 # - Normalise the rows (and store the scale with the SAE) so a coefficient means the same on every model;
 #   how training starts decides how many features end up dense.
 # - Compare layers with FVU, not raw MSE.
-# - Co-activation and feature cards are where interpretation starts.
+# - Co-activation and feature cards are where interpretation starts; steering (switching a feature on) and
+#   ablation (switching it off) test what a card suggests.
 #
 # `saelab run --out my_report` runs this whole lab headless and writes an HTML report with the tables,
 # figures and trained SAEs (in SAELens format).
