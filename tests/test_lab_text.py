@@ -11,7 +11,7 @@ def test_part5_takes_its_layers_from_the_model_not_from_gpt2_in_the_text():
 
 
 def test_the_glossaries_say_what_an_fvu_above_1_means():
-    from saelab.report import GLOSSARY
+    from saelab.report_page import GLOSSARY
     glossary = SOURCE[SOURCE.index("**Glossary"):SOURCE.index("# %%", SOURCE.index("**Glossary"))]
     assert "**Above 1**" in glossary and "Part 3d" in glossary
     part3d = SOURCE[SOURCE.index("### 3d."):SOURCE.index("## Part 4")]

@@ -7,6 +7,7 @@ import torch
 import dataclasses
 
 from saelab import report as report_module
+from saelab import report_page
 from saelab.training.lab_settings import COEF, SWEEP_COEFS, lab_settings
 from saelab.report import run_lab
 from saelab.training.config import TrainConfig
@@ -34,7 +35,7 @@ def test_every_unit_names_a_column_the_report_shows(lab_run):
     import pandas as pd
     out, _ = lab_run
     columns = set().union(*(pd.read_csv(f).columns for f in (out / "tables").glob("*.csv")))
-    assert set(report_module.UNITS) <= columns, set(report_module.UNITS) - columns
+    assert set(report_page.UNITS) <= columns, set(report_page.UNITS) - columns
 
 
 def test_report_page_figures_and_cards(lab_run):
