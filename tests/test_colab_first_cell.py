@@ -22,6 +22,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from saelab.checks.core import EXERCISES
+
+N_EXERCISES = len(EXERCISES)   # one stub cell and one check cell each
+
 PYTHON = os.environ.get("SAELAB_COLAB_PYTHON", "").strip()
 WHEEL = os.environ.get("SAELAB_COLAB_WHEEL", "").strip()
 #: What Colab preinstalls and installing saelab must not change.
@@ -68,7 +72,7 @@ def _filled(exercise, solution):
     """The exercise notebook with each stub cell replaced by the solution cell of the same id."""
     answers = {c.id: c.source for c in solution.cells if c.cell_type == "code"}
     stubs = [c for c in exercise.cells if c.cell_type == "code" and "raise NotImplementedError()" in c.source]
-    assert len(stubs) == 5, f"expected the lab's 5 exercises, found {len(stubs)} stub cells"
+    assert len(stubs) == N_EXERCISES, f"expected the lab's {N_EXERCISES} exercises, found {len(stubs)} stub cells"
     for cell in stubs:
         assert cell.id in answers, f"stub cell {cell.id} has no solution cell with its id"
         cell.source = answers[cell.id]
@@ -118,7 +122,7 @@ def test_the_released_notebook_runs_from_its_first_cell_in_colabs_python(tmp_pat
         errors = [o for o in cell.outputs if o.output_type == "error"]
         assert not errors, f"code cell {n} ({cell.id}) failed:\n{_shown(cell)[-3000:]}"
     checks = [c for c in code if "check" in c.metadata.get("tags", [])]
-    assert len(checks) == 5 and all("✅" in _shown(c) for c in checks), [_shown(c)[:200] for c in checks]
+    assert len(checks) == N_EXERCISES and all("✅" in _shown(c) for c in checks), [_shown(c)[:200] for c in checks]
 
     after = _versions(PYTHON)
     assert after["saelab"], "the install cell did not install saelab into the kernel's environment"
