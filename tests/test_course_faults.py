@@ -1,5 +1,5 @@
-"""`saelab release` and `saelab notebooks execute` against signals (issue 19 rows 4, 5): Ctrl-C while a
-notebook runs in its kernel, and kill -9 of a release. Real subprocesses, real kernels; each test
+"""`saelab release` and `saelab notebooks execute` against signals (issue 19 rows 4, 5): Ctrl-C and SIGTERM
+while a notebook runs in its kernel, and kill -9 of a release. Real subprocesses, real kernels; each test
 lists the folders and the temp dir before and after."""
 import os
 import signal
@@ -72,7 +72,11 @@ def _gone(process: psutil.Process) -> bool:
 
 
 @pytest.mark.parametrize("command", ["release", "execute"])
-def test_ctrl_c_while_a_kernel_runs_is_one_line_and_leaves_nothing(tmp_path, course, command):
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_signal_while_a_kernel_runs_is_one_line_and_leaves_nothing(tmp_path, course, command, signum, code, said):
+    """Ctrl-C (SIGINT to the whole foreground group, as a terminal sends it) and SIGTERM (to the saelab
+    process alone, as `kill` or a job scheduler sends it) while a notebook runs in its kernel."""
     source, temp, env = course
     argv = (["release", str(tmp_path / "out"), "--no-wheel", "--install-source", URL, "--source", str(source)]
             if command == "release" else ["notebooks", "execute", "--root", str(tmp_path), "--source", str(source)])
@@ -81,11 +85,14 @@ def test_ctrl_c_while_a_kernel_runs_is_one_line_and_leaves_nothing(tmp_path, cou
     child = _start(argv, env)
     try:
         kernel = _kernel_of(child)
-        os.killpg(child.pid, signal.SIGINT)   # what Ctrl-C in a terminal does: the whole foreground group
+        if signum == signal.SIGINT:
+            os.killpg(child.pid, signal.SIGINT)   # what Ctrl-C in a terminal does: the whole foreground group
+        else:
+            child.send_signal(signal.SIGTERM)
         out, err = child.communicate(timeout=HANG_GUARD_S)
     finally:
         child.kill()
-    assert child.returncode == 130 and err.strip() == "saelab: interrupted", err
+    assert child.returncode == code and err.strip() == f"saelab: {said}", err
     assert _gone(kernel)
     assert sorted(os.listdir(tmp_path)) == before and os.listdir(temp) == []   # no release, no connection file
     assert os.listdir(tmp_path / "solutions") == []
@@ -109,3 +116,21 @@ def test_a_killed_release_is_cleaned_up_by_the_next(tmp_path, course):
                           env={**env, "LAB_SLEEP": "0"})
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(tmp_path)) == ["lab_s.py", "out", "tmp"] and os.listdir(temp) == []
+
+
+def test_sigterm_during_the_real_lab_is_one_line(tmp_path, course):
+    """The shipped lab, stopped while its cells train: nbclient's own tasks, cut short by the shutdown,
+    must not print their errors after `saelab: terminated` (they did, on the real lab only)."""
+    _, temp, env = course
+    (tmp_path / "solutions").mkdir()
+    child = _start(["notebooks", "execute", "--root", str(tmp_path)], env)
+    try:
+        kernel = _kernel_of(child)
+        time.sleep(20)   # into the lab's training cells
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=HANG_GUARD_S)
+    finally:
+        child.kill()
+    assert child.returncode == 143 and err.strip() == "saelab: terminated", err
+    assert _gone(kernel) and os.listdir(tmp_path / "solutions") == []
+    assert [name for name in os.listdir(temp) if "saelab" in name] == []   # (torch keeps its own cache there)

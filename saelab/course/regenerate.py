@@ -155,6 +155,44 @@ def compare_outputs(old, new) -> list[str]:
             for a, b in zip(old_code, new_code) if not _outputs_match(a.outputs, b.outputs)]
 
 
+def _notebook_client(nb, **options):
+    """An nbclient `NotebookClient` for `nb` that tells SIGTERM from SIGINT and stops quietly on either.
+
+    While its kernel runs, nbclient takes SIGINT and SIGTERM alike: both shut the kernel down and end the
+    execution (`.stopped`). This client takes SIGTERM back as soon as nbclient has set its handlers,
+    notes it in `.terminated` and hands it on as SIGINT, so nbclient's own shutdown runs; `run_solution`
+    then re-delivers SIGTERM once the process's handlers are back (the CLI exits 143, not 130). After a
+    signal, the errors of nbclient's tasks that the shutdown cut short are not printed at exit.
+    """
+    import asyncio
+    from nbclient import NotebookClient
+
+    class Client(NotebookClient):
+        terminated = False
+
+        @property
+        def stopped(self) -> bool:
+            """Whether a signal shut the kernel down (nbclient then schedules its cleanup)."""
+            return getattr(self, "_async_cleanup_kernel_future", None) is not None
+
+        async def async_start_new_kernel(self, **kwargs):
+            loop = asyncio.get_running_loop()
+            if threading.current_thread() is threading.main_thread():   # nbclient sets no handler elsewhere
+                loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+            loop.set_exception_handler(self._on_task_error)
+            await super().async_start_new_kernel(**kwargs)
+
+        def _on_sigterm(self) -> None:
+            self.terminated = True
+            signal.raise_signal(signal.SIGINT)
+
+        def _on_task_error(self, loop, context: dict) -> None:
+            if not self.stopped:
+                loop.default_exception_handler(context)
+
+    return Client(nb, **options)
+
+
 def _signal_handlers() -> dict:
     """This process's SIGINT and SIGTERM handlers (none outside the main thread, which cannot set them)."""
     if threading.current_thread() is not threading.main_thread():
@@ -168,10 +206,10 @@ def run_solution(root: Path, source: Path, model: str | None = None, timeout: in
 
     `env` adds variables to the kernel's environment (e.g. OMP_NUM_THREADS); `install_source` fills
     the install cell (see `notebooks.render`). A failing cell raises RuntimeError naming the notebook;
-    SIGINT or SIGTERM while it runs (nbclient then shuts the kernel down) raises KeyboardInterrupt.
+    SIGINT while it runs (nbclient then shuts the kernel down) raises KeyboardInterrupt; SIGTERM shuts
+    the kernel down the same way, then is re-delivered to this process's own SIGTERM handler.
     """
     import nbformat
-    from nbclient import NotebookClient
     from traitlets.config import Config
     from nbclient.exceptions import CellExecutionError
 
@@ -181,10 +219,10 @@ def run_solution(root: Path, source: Path, model: str | None = None, timeout: in
     nb = notebooks.render(notebooks.read_source(source), "solution", install_source)
     kernel_env = {**os.environ, **KERNEL_ENV, **({"SAELAB_MODEL": model} if model else {}), **(env or {})}
     connection = make_temp_dir(Path(tempfile.gettempdir()), KERNEL_DIR_PREFIX)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
-                            extra_arguments=[f"--InteractiveShellApp.exec_lines={KERNEL_SETUP}"],
-                            resources={"metadata": {"path": str(folder)}},
-                            config=Config(KernelManager={"connection_file": str(connection / "kernel.json")}))
+    client = _notebook_client(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                              extra_arguments=[f"--InteractiveShellApp.exec_lines={KERNEL_SETUP}"],
+                              resources={"metadata": {"path": str(folder)}},
+                              config=Config(KernelManager={"connection_file": str(connection / "kernel.json")}))
     handlers = _signal_handlers()   # nbclient replaces them while it runs and leaves the defaults behind
     try:
         client.execute(env=kernel_env, stderr=subprocess.DEVNULL)   # the kernel's own log: outputs come by message
@@ -192,13 +230,15 @@ def run_solution(root: Path, source: Path, model: str | None = None, timeout: in
         summary = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise RuntimeError(f"{path}: a cell failed while executing ({summary})") from None
     except Exception:
-        if getattr(client, "_async_cleanup_kernel_future", None) is not None:
+        if client.stopped:
             raise KeyboardInterrupt from None   # nbclient shut the kernel down on SIGINT/SIGTERM; the rest is noise
         raise
     finally:
         remove_temp(connection)
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+        if client.terminated:
+            signal.raise_signal(signal.SIGTERM)   # to this process's own handler, now that it is back
     nb.metadata = nbformat.from_dict(copy.deepcopy(notebooks.NOTEBOOK_METADATA))
     return clean_outputs(nb, machine_paths(folder, Path(root).resolve(), Path.cwd()))
 
