@@ -310,18 +310,21 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(existing).free
 
 
-def no_space(folder: Path, what: str, needed: int | None = None) -> NoSpaceError:
-    """The one full-disk error: NoSpaceError naming `folder`, what was being written, the bytes needed
-    (if known) and the bytes free there."""
+def no_space(folder: Path, what: str, needed: int | None = None, *, argument: str = "", named: str = "",
+             hint: str = "") -> NoSpaceError:
+    """The one full-disk error: NoSpaceError naming `folder` (as `named`, if given), what was being
+    written, the bytes needed (if known) and the bytes free there; `argument`, the caller's argument
+    that chose the folder, starts the message; `hint`, what to do, ends it."""
     need = f"need {needed:,} bytes ({needed / 2**20:.1f} MiB), " if needed else ""
-    return NoSpaceError(errno.ENOSPC, f"not enough free space in {folder} for {what}: {need}"
-                                      f"{free_bytes(folder):,} bytes free")
+    return NoSpaceError(errno.ENOSPC, f"{argument + ': ' if argument else ''}not enough free space in "
+                                      f"{named or folder} for {what}: {need}{free_bytes(folder):,} bytes free"
+                                      f"{'; ' + hint if hint else ''}")
 
 
-def check_free_space(folder: Path, what: str, needed: int) -> None:
-    """NoSpaceError (see `no_space`) unless `folder`'s file system has `needed` bytes free."""
+def check_free_space(folder: Path, what: str, needed: int, **named) -> None:
+    """NoSpaceError (see `no_space`, which takes `named`) unless `folder`'s file system has `needed` bytes free."""
     if free_bytes(folder) < needed:
-        raise no_space(folder, what, needed)
+        raise no_space(folder, what, needed, **named)
 
 
 def make_temp_dir(parent: Path, prefix: str) -> Path:

@@ -85,15 +85,15 @@ def test_full_disk_names_cache_dir_the_bytes_needed_and_free(tmp_path, monkeypat
     try:
         if not mounted:  # no tmpfs here: a disk that reports 1 MiB free
             usage = shutil.disk_usage(tmp_path)
-            monkeypatch.setattr(rowstore.shutil, "disk_usage", lambda p: usage._replace(free=2**20))
+            monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=2**20))
         need = 4096 * 128 * ROW_BYTES                                 # 2 MiB
         with pytest.raises(OSError, match=rf"cache_dir: not enough free space in cache_dir '{small}'.*"
-                                          rf"need {need} bytes \(2.0 MiB\), \d+ bytes free"):
+                                          rf"need {need:,} bytes \(2.0 MiB\), [\d,]+ bytes free; pass cache_dir="):
             _store(small, n_rows=4096, width=128)
         if mounted:  # the space check passes (it is told so) and the reservation itself fails
             usage = shutil.disk_usage(small)
-            monkeypatch.setattr(rowstore.shutil, "disk_usage", lambda p: usage._replace(free=2**40))
-            with pytest.raises(OSError, match=rf"cache_dir: not enough free space .* need {need} bytes"):
+            monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=2**40))
+            with pytest.raises(OSError, match=rf"cache_dir: not enough free space .* need {need:,} bytes"):
                 _store(small, n_rows=4096, width=128)
         gc.collect()
         assert list(small.iterdir()) == []                            # nothing left on the full disk

@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import shutil
 import tempfile
 import weakref
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saelab.files import make_temp_dir, remove_temp
+from saelab.files import NO_SPACE_ERRNOS, check_free_space, make_temp_dir, no_space, remove_temp
 
 ROW_BYTES = 4  # float32
 TEMP_PREFIX = "saelab-acts-"
@@ -97,33 +96,35 @@ class DiskStore:
 
     def _reserve(self) -> None:
         """Check the free space, then allocate the whole file (no sparse file to fill later)."""
-        free = shutil.disk_usage(self.directory.path).free
-        if free < self.nbytes:
-            self._no_space(free)
+        check_free_space(self.directory.parent, self._what, self.nbytes, **self._no_space_words)
         try:
             os.posix_fallocate(self.fd, 0, self.nbytes)
         except AttributeError:  # no posix_fallocate on this system: the space check above stands
             os.ftruncate(self.fd, self.nbytes)
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._no_space(shutil.disk_usage(self.directory.path).free)
+            if e.errno in NO_SPACE_ERRNOS:
+                raise no_space(self.directory.parent, self._what, self.nbytes, **self._no_space_words) from None
             if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                 raise
             os.ftruncate(self.fd, self.nbytes)
 
-    def _no_space(self, free: int):
-        raise OSError(f"cache_dir: not enough free space in {self.directory.where} for the spilled activation "
-                      f"rows ({self.path.name}): need {self.nbytes} bytes ({self.nbytes / 2**20:.1f} MiB), "
-                      f"{free} bytes free; pass cache_dir= a folder with more space, or fewer texts / "
-                      f"max_tokens") from None
+    @property
+    def _what(self) -> str:
+        return f"the spilled activation rows ({self.path.name})"
+
+    @property
+    def _no_space_words(self) -> dict:
+        """How `files.no_space` names the folder and what it suggests."""
+        return {"argument": "cache_dir", "named": self.directory.where,
+                "hint": "pass cache_dir= a folder with more space, or fewer texts / max_tokens"}
 
     def write(self, start: int, rows: torch.Tensor) -> None:
         data = rows.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes()
         try:
             os.pwrite(self.fd, data, start * self.row_bytes)
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._no_space(shutil.disk_usage(self.directory.path).free)
+            if e.errno in NO_SPACE_ERRNOS:
+                raise no_space(self.directory.parent, self._what, self.nbytes, **self._no_space_words) from None
             raise
 
     def rows(self) -> torch.Tensor:
