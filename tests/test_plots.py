@@ -54,6 +54,23 @@ def test_sweep_labels_never_overlap_each_other_or_the_points(sweep):
                 assert not (a.x0 < px < a.x1 and a.y0 < py < a.y1), labels[i].get_text()
 
 
+@pytest.mark.parametrize("fvu, expected", [
+    ([0.02, 0.025, 0.04, 0.09, 0.3], {"0.02", "0.05", "0.1", "0.2"}),                   # 1.2 decades: 1, 2, 5
+    ([1e-5, 1e-4, 1e-3, 0.01, 0.3], {"1e-05", "0.0001", "0.001", "0.01", "0.1", "1"}),  # 4.5 decades: powers of 10
+])
+def test_sweep_log_axis_ticks_do_not_crowd(sweep, fvu, expected):
+    """A log axis over a few decades is ticked at 1, 2 and 5; over many, only at powers of ten (at 1, 2
+    and 5 over five decades its labels ran into each other)."""
+    wide = SweepResult(table=sweep.table.assign(fvu=fvu), saes={}, histories=sweep.histories, metrics={},
+                       evaluated_on="held-out")
+    ax = wide.plot().axes[0]
+    low, high = ax.get_ylim()
+    shown = {t.get_text().replace("\u2212", "-") for t in ax.get_yticklabels() if low <= t.get_position()[1] <= high}
+    assert shown == expected, shown
+    boxes = _boxes(ax.figure, [t for t in ax.get_yticklabels() if low <= t.get_position()[1] <= high])
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
 def test_sweep_title_says_where_it_was_evaluated(sweep):
     title = sweep.plot()._suptitle
     assert "held-out" in title.get_text() and title.get_fontsize() >= 11

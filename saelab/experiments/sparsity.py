@@ -188,16 +188,21 @@ def _outside(box, frame) -> float:
     return box.width * box.height - _overlap(box, frame)
 
 
+DENSE_TICK_DECADES = 2.5   # the widest span ticked at 1, 2 and 5 times each power of ten
+
+
 def _log_if_wide(axis, values) -> None:
     """A log scale on `axis` (ax.xaxis or ax.yaxis) when the values span more than a factor of 10,
-    ticked at 1, 2 and 5 times each power of ten in plain numbers (matplotlib's default labels every
-    minor tick as "3×10¹", and neighbours overlap)."""
+    ticked in plain numbers (matplotlib's default labels every minor tick as "3×10¹", and neighbours
+    overlap): at 1, 2 and 5 times each power of ten over up to `DENSE_TICK_DECADES` decades, at each
+    power of ten over more."""
     from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
 
     values = [v for v in values if math.isfinite(v)]
     if values and min(values) > 0 and max(values) / min(values) > 10:
         getattr(axis.axes, f"set_{axis.axis_name}scale")("log")
-        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        wide = math.log10(max(values) / min(values)) > DENSE_TICK_DECADES
+        axis.set_major_locator(LogLocator(subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
         axis.set_major_formatter(StrMethodFormatter("{x:g}"))
         axis.set_minor_formatter(NullFormatter())
 
