@@ -38,7 +38,7 @@ def _plan(windows: list[Window], bos: bool, exclude_bos: bool, max_tokens: int |
     added BOS never gives a row."""
     plan, n_total = [], 0
     for window in windows:
-        lo = int(bos and (exclude_bos or window.start > 1))
+        lo = int((bos and exclude_bos) or window.added_bos(bos))
         hi = window.stop - window.start + int(bos)
         if max_tokens is not None:
             hi = min(hi, lo + max_tokens - n_total)

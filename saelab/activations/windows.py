@@ -25,6 +25,10 @@ class Window(NamedTuple):
         """The model's input `[<= context_length]`: BOS (when `bos`), then ids[start:stop]."""
         return torch.cat([ids[:1], ids[self.start:self.stop]]) if bos else ids[self.start:self.stop]
 
+    def added_bos(self, bos: bool) -> bool:
+        """Whether input position 0 is a BOS added for this window (a later window's), not the text's own."""
+        return bos and self.start > 1
+
     def text_positions(self, bos: bool) -> torch.Tensor:
         """`[len(tokens)]` each input position's position in the text's tokens (a later window's added BOS
         maps to 0, the text's own BOS)."""

@@ -157,7 +157,7 @@ def feature_ablation(model, sae, texts, feature: int, k: int = 10, hook_name: st
         inputs = [w.tokens(text_tokens[w.text], bos) for w in batch]
         for window, ids, (clean, abl, f) in zip(batch, inputs, _batch_losses(model, sae, inputs, feature, name)):
             positions = window.text_positions(bos).tolist()
-            for j in range(int(bos and window.start > 1), len(ids) - 1):  # a later window's added BOS: no row
+            for j in range(int(window.added_bos(bos)), len(ids) - 1):
                 records.append((window.text, positions[j], token_text(tokenizer, int(ids[j])),
                                 token_text(tokenizer, int(ids[j + 1])), float(f[j]), float(clean[j]), float(abl[j])))
     table = pd.DataFrame(records, columns=list(ABLATION_COLUMNS[:-1]))
