@@ -77,3 +77,40 @@ def gpt2_model(gpt2_hf_home):
     from saelab.models import load_model
     with _standin().use_standin(gpt2_hf_home):
         return load_model("gpt2-small", device="cpu")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(mib): a mount point for a real tmpfs of `mib` MiB, unmounted after the test (the test is
+    skipped where this machine cannot mount one)."""
+    import subprocess
+    mounted = []
+
+    def mount(mib: int) -> Path:
+        point = tmp_path / f"disk{mib}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(point)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+        mounted.append(point)
+        return point
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=True)
+
+
+@pytest.fixture
+def fill_disk():
+    """fill(point): fill the file system of `point` to the last byte (the file `point/filler`)."""
+    def fill(point: Path) -> None:
+        fd = os.open(point / "filler", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            for chunk in (65536, 4096, 1):   # smaller and smaller, to the last byte
+                try:
+                    while os.write(fd, bytes(chunk)):
+                        pass
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
+    return fill

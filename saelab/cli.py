@@ -83,7 +83,8 @@ COMMAND_HELP = {  # name: (one line for the command list, the command's --help d
                 "Build saelab's sdist and wheel, write the exercise and solution notebooks with the install "
                 "source filled in, execute and check the solutions, and (with --nbgrader) the nbgrader "
                 "version, into DIR with manifest.json (version, install source, sha256 of every file). DIR "
-                "must not exist or be empty; it is written beside itself and renamed at the end."),
+                "must not exist or be empty; it is written beside itself and renamed at the end; a second "
+                "release into DIR is refused while one runs."),
 }
 
 
@@ -195,6 +196,12 @@ def _on_sigterm(signum, _frame) -> None:
     raise KeyboardInterrupt
 
 
+def _prog(args) -> str:
+    """The command as typed: "saelab run", "saelab notebooks build"..."""
+    prog = "saelab " + args.command if getattr(args, "command", None) else "saelab"
+    return prog + " " + args.nb_command if getattr(args, "nb_command", None) else prog
+
+
 def main(argv=None) -> int:
     """Entry point of the `saelab` command; returns the exit status (Ctrl-C: 130, SIGTERM: 143)."""
     parser = build_parser()
@@ -206,11 +213,11 @@ def main(argv=None) -> int:
     try:
         return args.handler(args)
     except UsageError as e:
-        prog = "saelab " + args.command if getattr(args, "command", None) else "saelab"
-        if getattr(args, "nb_command", None):
-            prog += " " + args.nb_command
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{_prog(args)}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:   # a failed cell, a folder it may not write (files.WriteError), a full disk...
+        print(f"{_prog(args)}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         signum = _SIGNALS[-1] if _SIGNALS else signal.SIGINT
         print(f"saelab: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
@@ -306,11 +313,7 @@ def _cmd_check(args) -> int:
 def _cmd_execute(args) -> int:
     from saelab.course import regenerate
     root, sources = _nb_paths(args)
-    try:
-        done = _nb_errors(regenerate.execute, root, sources, **_run_options(args))
-    except RuntimeError as e:
-        print(f"saelab notebooks execute: {e}", file=sys.stderr)
-        return 1
+    done = _nb_errors(regenerate.execute, root, sources, **_run_options(args))
     for path, what in done:
         print(f"{path}: {what}")
     return 0
@@ -321,13 +324,9 @@ def _cmd_release(args) -> int:
     if args.install_source is None:
         raise UsageError("--install-source: required: the wheel (path or URL) or git URL students install from")
     sources = _sources(args)
-    try:
-        folder = _nb_errors(release, args.dir, args.install_source, sources, nbgrader=args.nbgrader,
-                            wheel=not args.no_wheel, **{k: v for k, v in _run_options(args).items()
-                                                       if k != "install_source"})
-    except RuntimeError as e:
-        print(f"saelab release: {e}", file=sys.stderr)
-        return 1
+    folder = _nb_errors(release, args.dir, args.install_source, sources, nbgrader=args.nbgrader,
+                        wheel=not args.no_wheel, **{k: v for k, v in _run_options(args).items()
+                                                   if k != "install_source"})
     print(f"saelab release: wrote {folder} (see {folder / 'manifest.json'})")
     return 0
 
@@ -406,9 +405,6 @@ def _cmd_run(args) -> int:
             raise
         raise UsageError(message.replace("which this save would delete; save into a new folder",
                                          "which a rerun would delete; use another --out")) from None
-    except RuntimeError as e:
-        print(f"saelab run: {e}", file=sys.stderr)
-        return 1
     print(f"saelab run: finished in {time.perf_counter() - start:.0f}s; report: {report} "
           f"(cards in {out / 'cards'}, files listed in {out / 'manifest.json'})")
     return 0

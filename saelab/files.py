@@ -114,18 +114,21 @@ def _fsync(path: Path, directory: bool = False) -> None:
 @contextlib.contextmanager
 def atomic_file(path) -> Iterator[Path]:
     """Yield a temp path beside `path`; write the file there; on success it replaces `path` in one
-    rename (after fsync), on any exception it is removed and `path` is untouched."""
+    rename (after fsync), on any exception it is removed and `path` is untouched. A failed write
+    (permissions, full disk) is a WriteError naming `path`."""
     target = _target(path)
     if target.is_dir():
         raise ValueError(f"path: expected a file, got the existing folder {target}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    reclaim_stale(target.parent, temp_prefix(target))
+    with naming_target(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        reclaim_stale(target.parent, temp_prefix(target))
     tmp = _new_temp(target.parent, temp_prefix(target))
     try:
-        yield tmp
-        _fsync(tmp)
-        os.replace(tmp, target)
-        _fsync(target.parent, directory=True)
+        with naming_target(target):
+            yield tmp
+            _fsync(tmp)
+            os.replace(tmp, target)
+            _fsync(target.parent, directory=True)
     finally:
         _ACTIVE.discard(str(tmp))
         _remove(tmp)  # nothing there after a successful replace
@@ -169,10 +172,14 @@ def atomic_folder(path, replaceable: Iterable[str] | Callable[[Path], list[str]]
     write holds `writer_lock(path)` throughout: a second writer of `path` is refused.
     """
     target = _target(path)
-    with writer_lock(target) if lock else contextlib.nullcontext():
+    with contextlib.ExitStack() as held:
+        with naming_target(target):   # the folder's own steps name it; the body's errors are the body's
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if lock:
+                held.enter_context(writer_lock(target))
         _check_replaceable(target, replaceable)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        reclaim_stale(target.parent, temp_prefix(target))
+        with naming_target(target):
+            reclaim_stale(target.parent, temp_prefix(target))
         tmp = _new_temp(target.parent, temp_prefix(target))
         with _swapped_in(tmp, target):
             yield tmp
@@ -197,13 +204,15 @@ def _check_replaceable(target: Path, replaceable) -> None:
 def _swapped_in(tmp: Path, target: Path) -> Iterator[None]:
     """Make the folder `tmp`; after the body, swap it in at `target`; remove what is left at `tmp`."""
     try:
-        tmp.mkdir()
+        with naming_target(target):
+            tmp.mkdir()
         yield
-        for item in sorted(tmp.rglob("*"), reverse=True):  # files before the folders holding them
-            _fsync(item, directory=item.is_dir())
-        _fsync(tmp, directory=True)
-        _swap_in(tmp, target)
-        _fsync(target.parent, directory=True)
+        with naming_target(target):
+            for item in sorted(tmp.rglob("*"), reverse=True):  # files before the folders holding them
+                _fsync(item, directory=item.is_dir())
+            _fsync(tmp, directory=True)
+            _swap_in(tmp, target)
+            _fsync(target.parent, directory=True)
     finally:
         _ACTIVE.discard(str(tmp))
         _remove(tmp)  # after a swap: the old folder; after an error: the unfinished new one
@@ -258,7 +267,7 @@ def writer_lock(target: Path) -> Iterator[Path]:
 def _take(tmp: Path, lock: Path, target: Path) -> None:
     for _ in range(3):
         try:
-            os.link(tmp, lock)
+            _place_lock(tmp, lock)
             return
         except FileExistsError:
             owner = _lock_owner(lock)
@@ -267,6 +276,22 @@ def _take(tmp: Path, lock: Path, target: Path) -> None:
                                    f"to finish, or write somewhere else") from None
             _remove(lock)   # its writer is gone
     raise RuntimeError(f"{target}: could not take the lock {lock} (other writers keep taking it)")
+
+
+def _place_lock(tmp: Path, lock: Path) -> None:
+    """Put the pid file `tmp` at `lock` unless `lock` exists (FileExistsError): a hard link, whole at once;
+    where the file system has no hard links (e.g. some network and FUSE mounts), an exclusive create
+    that writes the same pid (a reader in between sees no pid and takes the lock as stale)."""
+    try:
+        os.link(tmp, lock)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(tmp.read_text(encoding="ascii"))
 
 
 def _lock_owner(lock: Path) -> int | None:
@@ -291,12 +316,31 @@ def not_listed(folder: Path, listed: set[str]) -> list[str]:
     return found
 
 
-class NoSpaceError(OSError, RuntimeError):
-    """A full disk (errno ENOSPC) with a message naming the folder, the bytes needed where known and
-    the bytes free (`no_space`); a RuntimeError too, so the front doors print it as one line."""
+class WriteError(OSError, RuntimeError):
+    """A write that failed (a folder without write permission, a read-only file system...), with a
+    message naming the file or folder being written; a RuntimeError too, so the front doors print it
+    as one line."""
 
     def __str__(self) -> str:
         return self.strerror
+
+
+class NoSpaceError(WriteError):
+    """A full disk (errno ENOSPC) with a message naming the folder, the bytes needed where known and
+    the bytes free (`no_space`)."""
+
+
+@contextlib.contextmanager
+def naming_target(target: Path) -> Iterator[None]:
+    """An OSError raised inside becomes a WriteError naming `target` (NoSpaceError for a full disk)."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        if e.errno in NO_SPACE_ERRNOS:
+            raise no_space(target.parent, target.name) from None
+        raise WriteError(e.errno, f"cannot write {target}: {e.strerror or e}") from None
 
 
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)

@@ -7,6 +7,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # `saelab ARGS` without depending on an installed entry point (python -m saelab.cli has no __main__ guard)
 CLI = [sys.executable, "-c", "import sys; from saelab.cli import main; sys.exit(main())"]
+# runs a command as root without CAP_DAC_OVERRIDE, so that folder modes bind (as for any other user)
+NO_DAC_OVERRIDE = ["/usr/bin/setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                   "--bounding-set=-dac_override,-dac_read_search"]
 
 
 def run_python(args, timeout: float, cwd=None, **env) -> subprocess.CompletedProcess:

@@ -134,3 +134,23 @@ def test_sigterm_during_the_real_lab_is_one_line(tmp_path, course):
     assert child.returncode == 143 and err.strip() == "saelab: terminated", err
     assert _gone(kernel) and os.listdir(tmp_path / "solutions") == []
     assert [name for name in os.listdir(temp) if "saelab" in name] == []   # (torch keeps its own cache there)
+
+
+def test_a_second_release_into_the_same_folder_is_refused_while_the_first_runs(tmp_path, course):
+    """Two releases into one DIR at once: the second is refused at once, naming the first's pid; the
+    first, stopped, leaves no DIR, no lock and no temp (before, the later swap silently replaced the first)."""
+    source, temp, env = course
+    argv = ["release", str(tmp_path / "out"), "--no-wheel", "--install-source", URL, "--source", str(source)]
+    first = _start(argv, env)
+    try:
+        _kernel_of(first)   # the first holds the lock and runs its notebook
+        second = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=ROOT, env=env)
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=HANG_GUARD_S)
+    finally:
+        first.kill()
+    assert second.returncode == 1, second.stderr
+    assert second.stderr.strip().splitlines()[-1].endswith(f"is being written by process {first.pid} "
+                                                          f"(lock {tmp_path / '.out.saelab-lock'}); wait for it "
+                                                          f"to finish, or write somewhere else"), second.stderr
+    assert first.returncode == 143 and sorted(os.listdir(tmp_path)) == ["lab_s.py", "tmp"]

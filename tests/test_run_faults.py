@@ -82,6 +82,24 @@ def test_a_dead_writers_lock_is_reclaimed_and_a_live_ones_refuses(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
+def test_the_lock_works_where_the_file_system_has_no_hard_links(tmp_path, monkeypatch):
+    """On a mount without hard links (os.link fails with EPERM, as on some network and FUSE mounts) the
+    lock is created exclusively instead: it still holds the pid, still refuses a second writer."""
+    import errno
+
+    def no_links(src, dst):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(dst))
+
+    monkeypatch.setattr(os, "link", no_links)
+    with atomic_folder(tmp_path / "out", lock=True) as folder:
+        assert (tmp_path / ".out.saelab-lock").read_text().strip() == str(os.getpid())
+        (folder / "x").write_text("x")
+        with pytest.raises(RuntimeError, match=rf"out is being written by process {os.getpid()}"):
+            with writer_lock(tmp_path / "out"):
+                pass
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
 def _start_run(out):
     env = {**os.environ, "SAELAB_PROGRESS": "0", "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([*CLI, "run", "--max-tokens", "2000", "--out", str(out)], stderr=subprocess.PIPE,
@@ -138,24 +156,6 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tmp_p
     finally:
         first.kill()
     assert _snapshot(out) == before and sorted(os.listdir(tmp_path)) == ["run"]
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A mount point for a real tmpfs of a given size (skipped where this machine cannot mount one)."""
-    mounted = []
-
-    def mount(mib: int):
-        point = tmp_path / f"disk{mib}"
-        point.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(point)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
-        mounted.append(point)
-        return point
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", str(point)], check=True)
 
 
 @pytest.mark.slow

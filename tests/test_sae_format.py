@@ -20,6 +20,7 @@ from saelab.sae.folder_format import CFG_FILENAME, WEIGHTS_FILENAME
 from saelab.sae.tied import TiedSAE
 from saelab.data import TEXTS_DIR
 from saelab.sae.folder_format import DTYPES, SAELENS_DATASET_DEFAULTS
+from subprocess_run import NO_DAC_OVERRIDE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -276,8 +277,7 @@ def test_saving_over_a_read_only_folder_leaves_no_old_copy(tmp_path):
     folder.chmod(0o555)
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from test_sae_format import _sae; "
             f"_sae(2).save({str(folder)!r})")
-    done = subprocess.run(["/usr/bin/setpriv", "--inh-caps=-dac_override,-dac_read_search",
-                           "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-W", "error", "-c", code],
+    done = subprocess.run([*NO_DAC_OVERRIDE, sys.executable, "-W", "error", "-c", code],
                           capture_output=True, text=True, timeout=600)   # a hang guard
     assert done.returncode == 0, done.stderr
     assert _which_save(folder) == 2 and sorted(os.listdir(tmp_path)) == ["sae"]

@@ -7,7 +7,8 @@ course's install source filled in, nbgrader/ (with `nbgrader=True`: an nbgrader 
 `saelab.course.grading`) and manifest.json (saelab's version, the install source, and each file's
 sha256). The solutions are checked (no drift, no leak) before anything is published. DIR is written
 like every saelab folder (`files.atomic_folder`): into a pid-tagged folder beside it, swapped in at
-the end; a failed release leaves no DIR behind, and a killed one's folder is removed by the next.
+the end; a failed release leaves no DIR behind, and a killed one's folder is removed by the next. A
+release holds DIR's writer lock (`files.writer_lock`) throughout: a second release into DIR is refused.
 """
 from __future__ import annotations
 
@@ -72,8 +73,8 @@ def release(folder: str | Path, install_source: str, sources=None, nbgrader: boo
     folder = Path(folder)
     check_install_source("install_source", install_source)   # before the slow wheel build
     _check_folder(folder)
-    with atomic_folder(folder) as work:   # built beside `folder`, swapped in whole; a killed release's
-        if wheel:                         # temp folder is reclaimed by the next one (files.reclaim_stale)
+    with atomic_folder(folder, lock=True) as work:   # built beside `folder`, swapped in whole; a killed
+        if wheel:      # release's temp folder is reclaimed by the next one; a second release of `folder` is refused
             build_wheel(project_root() if project is None else project, work / "dist")
         notebooks.build(work, sources, install_source)
         regenerate.execute(work, sources, model=model, timeout=timeout, install_source=install_source)
