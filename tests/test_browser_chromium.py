@@ -1,7 +1,8 @@
 """The feature browser where students see it: a local JupyterLab server (loopback, a random free port, a
-token) and Debian's headless Chromium driven by Playwright run the lab's browser cell, pick features through
-the widgets (search, then a click on the scatter, then the steering slider) and check that the card, the
-ablation summary and the steered text render. A screenshot is saved (its path is printed).
+token) and Debian's headless Chromium driven by Playwright run the lab's browser cell, in the JupyterLab and
+in the Notebook (7) interface, pick features through the widgets (search, the dropdown, a click on the
+scatter, then the steering slider) and check that the card, the ablation summary and the steered text
+render. A screenshot is saved (its path is printed); a failure saves one too.
 
 The notebook is the lab's own browser cell (read from the lab source) after a setup cell that gives it what
 Parts 1-6 would (`model`, `sae`, `test_acts`): the shipped reference SAE for tiny and held-out rows of 12
@@ -10,6 +11,7 @@ texts, so the test runs in seconds instead of the whole solution notebook's minu
 Playwright drives the system's `chromium` (`executable_path`): its own browser download needs a CDN that CI
 cannot reach. Skipped only where `chromium` is not installed; `.ci/run` installs it.
 """
+import json
 import os
 import re
 import secrets
@@ -141,9 +143,22 @@ def _expect_feature(page, feature: str):
     expect(page.locator(".saelab-browser-feature-box input")).to_have_value(feature)
 
 
-def _first_view(page):
+def _wait_for_idle_kernel(url, token, timeout=HANG_GUARD_MS / 1000):
+    """Until the server has a kernel (the notebook's) that is idle: the page's own indicator differs between
+    JupyterLab and the Notebook interface, the server's API does not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kernels = json.loads(urllib.request.urlopen(f"{url}/api/kernels?token={token}", timeout=10).read())
+        if kernels and all(k["execution_state"] == "idle" for k in kernels):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"no idle kernel within {timeout} s: {kernels}")
+
+
+def _first_view(page, url, token):
     """Run the notebook; the browser shows a card (with its histogram), an ablation and steered text."""
-    expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible()
+    expect(page.locator(".jp-Notebook")).to_be_visible()
+    _wait_for_idle_kernel(url, token)
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
     expect(page.locator(".saelab-browser")).to_be_visible()
@@ -189,16 +204,25 @@ def _pick_by_click(page, current: str) -> str:
 
 
 def _move_slider(page):
-    """One step of the steering slider (keyboard): the steered text is recomputed at the new alpha."""
+    """Drag the steering slider one step (0.5 of its 0-4 range) to the right: the steered text is recomputed
+    at the new alpha."""
     steering = _parts(page)[2]
     expect(steering).to_contain_text("alpha = 2.00 ×")
-    page.locator(".saelab-browser-slider .noUi-handle").focus()
-    page.keyboard.press("ArrowRight")
+    handle = page.locator(".saelab-browser-slider .noUi-handle")
+    handle.scroll_into_view_if_needed()
+    track = page.locator(".saelab-browser-slider .noUi-base").bounding_box()
+    box = handle.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + track["width"] / 8, y, steps=5)
+    page.mouse.up()
     expect(steering).to_contain_text("alpha = 2.50 ×")
     expect(steering.locator(".steered").first).to_be_attached()
 
 
-def test_the_browser_cell_renders_and_picks_features_in_jupyterlab(lab_server, tmp_path):
+@pytest.mark.parametrize("frontend", ["lab/tree", "notebooks"])   # JupyterLab, and the Notebook (7) interface
+def test_the_browser_cell_renders_and_picks_features(lab_server, tmp_path, frontend):
     from playwright.sync_api import sync_playwright
 
     url, token, name = lab_server
@@ -208,9 +232,9 @@ def test_the_browser_cell_renders_and_picks_features_in_jupyterlab(lab_server, t
             page = chromium.new_page(viewport={"width": 1300, "height": 1900})
             page.set_default_timeout(HANG_GUARD_MS)
             expect.set_options(timeout=HANG_GUARD_MS)
-            page.goto(f"{url}/lab/tree/{name}?token={token}")
+            page.goto(f"{url}/{frontend}/{name}?token={token}")
             try:
-                _first_view(page)
+                _first_view(page, url, token)
                 picked = _pick_by_search(page)
                 _pick_by_click(page, picked)
                 _move_slider(page)
@@ -218,7 +242,7 @@ def test_the_browser_cell_renders_and_picks_features_in_jupyterlab(lab_server, t
                 page.screenshot(path=tmp_path / "failure.png")
                 print(f"screenshot of the failure: {tmp_path / 'failure.png'}")
                 raise
-            shot = tmp_path / "feature-browser.png"
+            shot = tmp_path / f"feature-browser-{frontend.split('/')[0]}.png"
             page.set_viewport_size({"width": 1300, "height": 3400})   # the whole browser in one picture
             page.locator(".saelab-browser").evaluate("element => element.scrollIntoView({block: 'start'})")
             page.screenshot(path=shot)
