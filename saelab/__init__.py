@@ -25,6 +25,7 @@ _EXPORTS = {
     "FeatureCard": "features.cards", "match_features": "features.matching", "FeatureMatches": "features.matching",
     "steer": "features.steering", "steering_effect": "features.steering", "SteeringResult": "features.steering",
     "pick_features": "features.steering", "feature_ablation": "features.ablation", "AblationResult": "features.ablation",
+    "browse": "features.browser", "FeatureBrowser": "features.browser",
     "batch_indices": "training.batches", "TrainConfig": "training.config", "LAB_RECIPE": "training.config",
     "train_sae": "training.trainer", "TrainResult": "training.trainer",
     "lab_settings": "training.lab_settings", "LabSettings": "training.lab_settings",

@@ -613,6 +613,19 @@ for feature in picks:
 # END SOLUTION
 
 # %% [markdown]
+# ### 6b. Every feature in one browser
+#
+# `saelab.browse` shows the card of any feature you pick: type its id, search the tokens it fires on most
+# (try `def` or `the`), or click a point of the scatter (one point per feature: how often it fires against
+# how strongly). Under the card: what removing the feature costs the model and what the model writes with
+# the feature switched on, with a slider for the strength (Parts 7 and 8 build both by hand). Where no live
+# Jupyter runs the cell (a saved page, nbval), it shows the first feature's card, ablation and steering.
+
+# %%
+browser = saelab.browse(model, sae, test_acts, n_texts=2)
+browser
+
+# %% [markdown]
 # ## Part 7 (exercise 7): Switching a feature on (steering)
 #
 # **What.** Write `my_steer(model, sae, feature, alpha)`, a context manager: while its `with` block runs,
