@@ -31,13 +31,14 @@ _EXPORTS = {
     "sparsity_sweep": "experiments", "feature_correlation": "experiments", "compare_layers": "experiments",
     "SweepResult": "experiments", "CorrelationResult": "experiments", "LayerComparison": "experiments",
     "notebook_layer": "experiments", "notebook_layers": "experiments",
+    "untied_twin": "experiments.untied", "TieComparison": "experiments.untied",
     "CheckFailed": "checks.core",
 }
 
 #: Every result type saelab returns (each a `saelab.results.Result`).
 RESULT_TYPES = ("TrainResult", "EvalResult", "CELossResult", "SweepResult", "CorrelationResult",
                 "LayerComparison", "TopExamples", "LogitEffects", "FeatureCard", "FeatureMatches",
-                "SteeringResult", "AblationResult")
+                "SteeringResult", "AblationResult", "TieComparison")
 
 __all__ = sorted(_EXPORTS)
 
