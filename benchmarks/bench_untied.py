@@ -1,13 +1,13 @@
 """The lab's tied SAE beside its untied twin at matched L0 (issue 22, item 3; the lab's optional section).
 
     python benchmarks/bench_untied.py                        # tiny, layer 2, every training row, seeds 0 and 1
-    python benchmarks/bench_untied.py --seeds 0 --coefs 2    # one seed, the lab's cell
+    python benchmarks/bench_untied.py --seeds 0 --coefs 2 --timing   # the lab's cell, beside one tied training
 
 For each seed: `sparsity_sweep` with `TrainConfig.lab(seed=seed)` at the coefficients (the lab's SAEs), then
 `saelab.untied_twin` for each SAE (SAELens's standard SAE, same start, rows, batches, steps and recipe,
 unit-norm decoder rows, coefficient steered to the tied SAE's L0), both measured on 10,000 held-out rows.
-Timing: the twin's whole call beside `train_sae` of one tied SAE with the same recipe, in the same run
-(a ratio: the machine is shared). Results: benchmarks/RESULTS.md.
+Timing: the twin's whole call; with --timing, beside `train_sae` of one tied SAE with the same recipe in
+the same run (a ratio: the machine is shared). Results: benchmarks/RESULTS.md.
 """
 import argparse
 import time
@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--coefs", default="2,4")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--timing", action="store_true", help="also time train_sae of one tied SAE beside the twin")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     coefs = [float(c) for c in args.coefs.split(",")]
@@ -39,9 +40,11 @@ def main() -> None:
             start = time.perf_counter()
             tie = saelab.untied_twin(sweep.saes[coef], acts, held_out, config=config)
             twin_s = time.perf_counter() - start
-            start = time.perf_counter()
-            saelab.train_sae(saelab.TiedSAE(128, 512, seed=seed), acts, coef, config=config)
-            tied_s = time.perf_counter() - start
+            tied_s = float("nan")
+            if args.timing:
+                start = time.perf_counter()
+                saelab.train_sae(saelab.TiedSAE(128, 512, seed=seed), acts, coef, config=config)
+                tied_s = time.perf_counter() - start
             t, u = tie.tied_metrics, tie.untied_metrics
             n_dense = [int((m.feature_density > DENSE_THRESHOLD).sum()) for m in (t, u)]
             row = tie.table.set_index("sae").loc["untied twin"]

@@ -38,7 +38,7 @@ _EXPORTS = {
 #: Every result type saelab returns (each a `saelab.results.Result`).
 RESULT_TYPES = ("TrainResult", "EvalResult", "CELossResult", "SweepResult", "CorrelationResult",
                 "LayerComparison", "TopExamples", "LogitEffects", "FeatureCard", "FeatureMatches",
-                "SteeringResult", "AblationResult", "TieComparison")
+                "SteeringResult", "AblationResult")
 
 __all__ = sorted(_EXPORTS)
 

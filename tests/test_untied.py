@@ -58,6 +58,11 @@ def test_the_twin_matches_the_l0_and_has_fewer_dense_features(tie):
     assert 0.5 < table.loc["untied twin", "enc_dec_cosine"] < 0.95     # its encoder rows moved off the decoder's
     assert torch.allclose(tie.untied.W_dec.norm(dim=1), torch.full((512,), tie.tied.input_scale), rtol=1e-4)
     assert "dense features" in tie.summary() and len(tie.history) > 10
+    assert isinstance(tie, saelab.Result) and repr(tie).startswith(tie.summary()) and "untied twin" in tie._repr_html_()
+    fig = tie.plot()
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend[:2] == [f"tied (yours): {int(table.loc['tied (yours)', 'n_dense'])} dense",
+                          f"untied twin: {int(table.loc['untied twin', 'n_dense'])} dense"]
 
 
 def test_the_twin_is_deterministic_and_follows_the_recipe(rows):

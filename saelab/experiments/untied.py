@@ -28,7 +28,6 @@ import torch
 
 from saelab.activations.rows import gather_rows, n_rows
 from saelab.metrics import DENSE_THRESHOLD, EvalResult, evaluate_unchecked
-from saelab.models import resolve_device
 from saelab.results import Result, fmt, pct
 from saelab.sae.saelens import SAELensSAE
 from saelab.sae.tied import TiedSAE
@@ -179,9 +178,10 @@ def untied_twin(sae: TiedSAE, activations, eval_activations, config: TrainConfig
 
     sae: a trained TiedSAE; activations: the rows it was trained on (Activations or [n, d_model]);
     eval_activations: held-out rows (both SAEs are measured there; the twin's L0 is steered to `sae`'s
-    L0 on training rows, see the module docstring); config: the TrainConfig it was trained with (default `TrainConfig.lab()`);
-    coef: the twin's starting coefficient (default: sae.metadata["sparsity_coef"]); progress: a tqdm bar
-    (None: config.progress). Needs sae_lens (the twin is SAELens's standard SAE). See the module docstring.
+    L0 on training rows, see the module docstring); config: the TrainConfig `sae` was trained with
+    (default `TrainConfig.lab()`); coef: the twin's starting coefficient (default:
+    sae.metadata["sparsity_coef"]); progress: a tqdm bar (None: config.progress). Needs sae_lens (the
+    twin is SAELens's standard SAE). The rows are trusted to be finite: `sae` was trained on them.
     """
     if not isinstance(sae, TiedSAE):
         raise ValueError(f"sae: expected a trained saelab TiedSAE, got {describe(sae)}")
