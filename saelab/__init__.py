@@ -32,6 +32,7 @@ _EXPORTS = {
     "sparsity_sweep": "experiments", "feature_correlation": "experiments", "compare_layers": "experiments",
     "SweepResult": "experiments", "CorrelationResult": "experiments", "LayerComparison": "experiments",
     "notebook_layer": "experiments", "notebook_layers": "experiments",
+    "untied_twin": "experiments.untied", "TieComparison": "experiments.untied",
     "CheckFailed": "checks.core",
 }
 
