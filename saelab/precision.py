@@ -4,12 +4,13 @@ Training an SAE is chaotic: a rounding difference of one part in 10^7 (the CPU's
 another order) grows, over the lab's two epochs, into other features, other co-activation pairs and
 other picks. In float64 the same differences start 10^9 times smaller and stay below the digits a
 notebook shows (benchmarks/RESULTS.md, "Precision"). So `$SAELAB_PRECISION=float64` (which `saelab
-notebooks execute` sets for the solution notebooks) makes `train_stacked` train and
-`collect_activations` run the model in float64; results come back in the caller's dtype. Unset (or
+notebooks execute` sets for the solution notebooks) makes `train_stacked` train, and `collect_activations`
+and `ce_loss_recovered` run the model (`in_working_dtype`), in float64; results come back in the caller's dtype. Unset (or
 "float32"), tensors are computed in their own dtype: students on a GPU or a laptop lose nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -17,7 +18,7 @@ import torch
 from saelab.models import supports_float64
 from saelab.utils import describe
 
-__all__ = ["PRECISION_ENV", "PRECISIONS", "working_dtype"]
+__all__ = ["PRECISION_ENV", "PRECISIONS", "working_dtype", "in_working_dtype"]
 
 #: The environment variable that picks the precision ("float32", the default, or "float64").
 PRECISION_ENV = "SAELAB_PRECISION"
@@ -36,3 +37,23 @@ def working_dtype(dtype: torch.dtype, device) -> torch.dtype:
         raise ValueError(f"${PRECISION_ENV}=float64: the device {torch.device(device)} has no float64; "
                          f"run on the CPU (device='cpu') or unset ${PRECISION_ENV}")
     return torch.float64
+
+
+@contextlib.contextmanager
+def in_working_dtype(model):
+    """A TransformerLens model's weights in `working_dtype` while the block runs (float64 under
+    $SAELAB_PRECISION=float64), then back in their own dtype: exactly the weights it had, since float64
+    holds every lower precision's values. Nothing changes without the setting."""
+    first = next(model.parameters())
+    own, own_cfg, dtype = first.dtype, getattr(model.cfg, "dtype", None), working_dtype(first.dtype, first.device)
+    if dtype == own:
+        yield
+        return
+    from transformer_lens.utilities.devices import move_to_and_update_config
+    move_to_and_update_config(model, dtype, print_details=False)
+    try:
+        yield
+    finally:
+        move_to_and_update_config(model, own, print_details=False)
+        if own_cfg is not None:
+            model.cfg.dtype = own_cfg

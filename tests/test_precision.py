@@ -58,3 +58,15 @@ def test_float64_collection_runs_the_model_in_float64_and_leaves_it_as_it_was(mo
     assert model.cfg.dtype == torch.float32
     after = model.state_dict()
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_float64_ce_loss_recovered_runs_the_model_in_float64(monkeypatch, model, train_texts):
+    sae = TiedSAE(model.cfg.d_model, 64, seed=0)
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    plain = saelab.ce_loss_recovered(model, sae, train_texts[:2], 1)
+    reference = saelab.ce_loss_recovered(copy.deepcopy(model).to(torch.float64), sae, train_texts[:2], 1)
+    monkeypatch.setenv(PRECISION_ENV, "float64")
+    result = saelab.ce_loss_recovered(model, sae, train_texts[:2], 1)
+    assert (result.clean, result.spliced, result.zero_ablation) == (reference.clean, reference.spliced,
+                                                                    reference.zero_ablation)
+    assert result.clean != plain.clean and model.cfg.dtype == next(model.parameters()).dtype == torch.float32

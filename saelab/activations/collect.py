@@ -14,13 +14,11 @@ runs in float64 (`saelab.precision`) and its rows are rounded once to the float3
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from saelab.activations.rows import Activations
 from saelab.models import resolve_device
-from saelab.precision import working_dtype
+from saelab.precision import in_working_dtype
 from saelab.activations.stores import ROW_BYTES, DiskStore, MemoryStore, TempDir
 from saelab.utils import progress_bar
 from saelab.activations.windows import Window, prepends_bos, split_windows, tokenize
@@ -103,24 +101,6 @@ def _distinct_runs(plan, texts) -> list[tuple]:
         key = (texts[window.text], window.start, window.stop, lo, hi)
         groups.setdefault(key, (window, lo, hi, []))[3].append(row)
     return sorted(groups.values(), key=lambda run: -(run[0].stop - run[0].start))
-
-
-@contextlib.contextmanager
-def _computing_in(model, dtype: torch.dtype):
-    """The model's weights in `dtype` while the block runs ($SAELAB_PRECISION=float64), then back in their
-    own dtype: exactly the weights it had, since float64 holds every lower precision's values."""
-    own, own_cfg = next(model.parameters()).dtype, getattr(model.cfg, "dtype", None)
-    if dtype == own:
-        yield
-        return
-    from transformer_lens.utilities.devices import move_to_and_update_config
-    move_to_and_update_config(model, dtype, print_details=False)
-    try:
-        yield
-    finally:
-        move_to_and_update_config(model, own, print_details=False)
-        if own_cfg is not None:
-            model.cfg.dtype = own_cfg
 
 
 def _run(model, runs, text_tokens, bos: bool, hook_names: dict, stores: dict, batch_size: int, stop_at: int,
@@ -207,7 +187,7 @@ def collect_activations(model, texts, layers, hook: str = "resid_post", batch_si
     bar = progress_bar(total=n_total, progress=progress, unit="tok",
                        desc=f"{hook} layer{'s' if len(layer_list) > 1 else ''} {', '.join(map(str, layer_list))}")
     try:
-        with _computing_in(model, working_dtype(next(model.parameters()).dtype, next(model.parameters()).device)):
+        with in_working_dtype(model):
             _run(model, _distinct_runs(plan, texts), text_tokens, bos, hook_names, stores, batch_size, stop_at, bar)
     finally:
         bar.close()

@@ -168,8 +168,31 @@ def compare_outputs(old, new) -> list[str]:
     if [(c.get("id"), c.source) for c in old_code] != [(c.get("id"), c.source) for c in new_code]:
         return ["the code cells differ (sources or ids)"]
     names = list(cell_names(new).values())
-    return [f"{name}: outputs changed beyond {DIGITS} significant digits"
+    return [f"{name}: outputs changed beyond {DIGITS} significant digits ({_first_change(a.outputs, b.outputs)})"
             for name, a, b in zip(names, old_code, new_code) if not _outputs_match(a.outputs, b.outputs)]
+
+
+def _text(output) -> str:
+    return output.get("text") or output.get("data", {}).get("text/plain", "") or output.get("evalue", "")
+
+
+def _first_change(old, new, width: int = 70) -> str:
+    """The first line of text that changed (old -> new), else what else did: the outputs' count or a figure."""
+    if len(old) != len(new):
+        return f"{len(old)} outputs -> {len(new)}"
+    for a, b in zip(old, new):
+        for x, y in zip(_text(a).splitlines() + [""], _text(b).splitlines() + [""]):
+            if normalise(x) != normalise(y):
+                return " -> ".join(repr(part) for part in _around_change(x, y, width))
+    return "a figure's pixels or an output's kind"
+
+
+def _around_change(x: str, y: str, width: int) -> tuple[str, str]:
+    """The parts of two lines around the first word that changed (at DIGITS significant digits)."""
+    a, b = x.split(), y.split()
+    i = next((k for k, (p, q) in enumerate(zip(a, b)) if normalise(p) != normalise(q)), min(len(a), len(b)))
+    start = max(0, i - 3)
+    return tuple(("... " if start else "") + " ".join(words[start:i + 4])[:width] for words in (a, b))
 
 
 def _signal_handlers() -> dict:
