@@ -15,6 +15,7 @@ from saelab.activations.collect import probe_width
 from saelab.activations.rows import iter_row_batches, n_rows
 from saelab.activations.windows import split_windows, tokenize
 from saelab.models import accumulation
+from saelab.precision import in_working_dtype
 from saelab.results import Result, fmt
 from saelab.sae.interface import as_sae
 from saelab.utils import active, describe, zero_variance
@@ -232,7 +233,7 @@ def _ce_results(model, saes: dict, texts, layer, hook, batch_size, context_lengt
     hooks = [None, _zero_hook(keep)] + [_splice_hook(sae, keep) for sae in saes]   # clean, zeroed, spliced...
     totals = torch.zeros(len(hooks), dtype=torch.float64)
     n_tokens = 0
-    with torch.no_grad():
+    with torch.no_grad(), in_working_dtype(model):   # float64 under $SAELAB_PRECISION (the SAEs keep theirs)
         for tokens, mask in _token_batches(model, texts, batch_size, context_length):
             keep["splice"], keep["zero"], mask = _kept_positions(tokens, mask, special, exclude_bos)
             for i, hook_fn in enumerate(hooks):

@@ -1,6 +1,7 @@
 """Regenerating the solutions: clean outputs (no stderr, widgets or machine paths), numbers compared at
 3 significant digits, and a regeneration that changes nothing beyond that keeps the file byte for byte."""
 import base64
+import copy
 import io
 import site
 import sys
@@ -80,9 +81,24 @@ def test_compare_outputs_names_the_cell_that_changed():
     noisy = nb_with(stream("loss 4.6391\n"), table("   coef    mse\n0  0.001  0.1235"))
     changed = nb_with(stream("loss 4.7386\n"), table("   coef    mse\n0  0.001  0.1234"))
     assert regenerate.compare_outputs(old, noisy) == []
-    assert regenerate.compare_outputs(old, changed) == ["cell c1: outputs changed beyond 3 significant digits"]
+    assert regenerate.compare_outputs(old, changed) == ["cell 1 [id c1]: outputs changed beyond 3 significant digits "
+                                                        "('loss 4.6386' -> 'loss 4.7386')"]
     assert regenerate.compare_outputs(old, nb_with(source="x = 2")) == ["the code cells differ (sources or ids)"]
     assert regenerate.compare_outputs(old, nb_with(stream("loss 4.6386\n"))) != []
+
+
+def test_a_changed_cell_is_named_by_its_number_and_the_heading_above_it():
+    from nbformat.v4 import new_markdown_cell
+    cells = [new_code_cell("import x", id="a"), new_markdown_cell("# Lab\n\n## Part 4: pairs\ntext", id="m1"),
+             new_code_cell("print(1)", id="b"), new_markdown_cell("No heading here", id="m2"),
+             new_code_cell("print(2)", id="c", outputs=[stream("r 0.695\n")])]
+    old = new_notebook(cells=cells)
+    new = copy.deepcopy(old)
+    new.cells[4].outputs = [stream("r 0.688\n")]
+    assert regenerate.cell_names(old) == {0: "cell 1 [id a]", 2: "cell 3 (Part 4: pairs) [id b]",
+                                          4: "cell 5 (Part 4: pairs) [id c]"}
+    assert regenerate.compare_outputs(old, new) == ["cell 5 (Part 4: pairs) [id c]: outputs changed beyond "
+                                                    "3 significant digits ('r 0.695' -> 'r 0.688')"]
 
 
 def png(changed_pixels: int) -> str:
@@ -98,7 +114,8 @@ def png(changed_pixels: int) -> str:
 def test_images_compare_by_their_pixels():
     figure = lambda n: nb_with(new_output("display_data", data={"image/png": png(n), "text/plain": "<Figure>"}))
     assert regenerate.compare_outputs(figure(0), figure(5)) == []          # 5 of 2000 pixels: antialiasing
-    assert regenerate.compare_outputs(figure(0), figure(400)) != []        # a different picture
+    assert regenerate.compare_outputs(figure(0), figure(400)) == [              # a different picture
+        "cell 1 [id c1]: outputs changed beyond 3 significant digits (a figure's pixels or an output's kind)"]
 
 
 def test_clean_outputs_drops_stderr_and_widgets_and_hides_paths(tmp_path):
@@ -139,8 +156,9 @@ def test_execute_keeps_the_file_when_only_noise_changed(tmp_path, fake_kernel):
     assert what.startswith("kept") and path.read_bytes() == before
     assert regenerate.check_outputs(tmp_path, [source]) == []
     fake_kernel(stream("mse 0.12545\n"))
-    assert regenerate.check_outputs(tmp_path, [source]) == [f"{path}: cell {notebooks.cell_ids(notebooks.read_source(source))[1]}: "
-                                                            "outputs changed beyond 3 significant digits"]
+    assert regenerate.check_outputs(tmp_path, [source]) == [f"{path}: cell 2 [id {notebooks.cell_ids(notebooks.read_source(source))[1]}]: "
+                                                            "outputs changed beyond 3 significant digits "
+                                                            "('mse 0.12345' -> 'mse 0.12545')"]
     assert regenerate.execute(tmp_path, [source]) == [(path, "written")]
     assert b"0.12545" in path.read_bytes()
 

@@ -9,15 +9,16 @@ dominates the SAE's MSE. Identical texts (the seed repeats its five prompts ten 
 The steps: tokenize each text whole and split it into context-sized windows (`activations.windows`),
 plan which window positions become which rows (`_plan`), probe the hook's width (`probe_width`),
 allocate the stores in memory or on disk (`_stores`), write the provenance (`_provenance`), then run
-the distinct windows in length-sorted batches (`_run`).
+the distinct windows in length-sorted batches (`_run`). With `$SAELAB_PRECISION=float64` the model
+runs in float64 (`saelab.precision`) and its rows are rounded once to the float32 store.
 """
 from __future__ import annotations
-
 
 import torch
 
 from saelab.activations.rows import Activations
 from saelab.models import resolve_device
+from saelab.precision import in_working_dtype
 from saelab.activations.stores import ROW_BYTES, DiskStore, MemoryStore, TempDir
 from saelab.utils import progress_bar
 from saelab.activations.windows import Window, prepends_bos, split_windows, tokenize
@@ -186,7 +187,8 @@ def collect_activations(model, texts, layers, hook: str = "resid_post", batch_si
     bar = progress_bar(total=n_total, progress=progress, unit="tok",
                        desc=f"{hook} layer{'s' if len(layer_list) > 1 else ''} {', '.join(map(str, layer_list))}")
     try:
-        _run(model, _distinct_runs(plan, texts), text_tokens, bos, hook_names, stores, batch_size, stop_at, bar)
+        with in_working_dtype(model):
+            _run(model, _distinct_runs(plan, texts), text_tokens, bos, hook_names, stores, batch_size, stop_at, bar)
     finally:
         bar.close()
     offsets = torch.cumsum(torch.tensor([0] + [len(ids) for ids in text_tokens]), 0)   # [n_texts + 1]

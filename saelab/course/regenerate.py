@@ -2,7 +2,8 @@
 
 `execute` runs each lab's solution notebook in a fresh Jupyter kernel started with progress bars
 off (`SAELAB_PROGRESS=0`, `TQDM_DISABLE=1`), warnings ignored (`PYTHONWARNINGS=ignore` and a
-`warnings.simplefilter` before the first cell) and `PYTHONHASHSEED=0`. Its outputs are then cleaned
+`warnings.simplefilter` before the first cell), `PYTHONHASHSEED=0` and `SAELAB_PRECISION=float64`
+(training and collection in float64: in float32 the CPU's kernels change the trained features). Its outputs are then cleaned
 (`clean_outputs`): stderr streams and widget views are dropped, and the machine's paths (the
 notebook's folder, the repository, the temporary folder, site-packages, the Python prefix, the
 home folder) are replaced by short placeholders such as `<site-packages>`.
@@ -37,7 +38,8 @@ from saelab.validate import check_install_source
 
 DIGITS = 3
 IMAGE_TOLERANCE = 0.01
-KERNEL_ENV = {"SAELAB_PROGRESS": "0", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore", "PYTHONHASHSEED": "0"}
+KERNEL_ENV = {"SAELAB_PROGRESS": "0", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore", "PYTHONHASHSEED": "0",
+              "SAELAB_PRECISION": "float64"}   # training's chaos amplifies float32's rounding (saelab.precision)
 KERNEL_SETUP = "import warnings; warnings.simplefilter('ignore')"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 #: Each kernel's connection file lives in `<temp dir>/saelab-kernel-<pid>-<hex>/`: removed when the run ends,
@@ -145,14 +147,52 @@ def _bare(nb) -> str:
     return notebooks.dumps(notebooks.without_outputs(nb))
 
 
+def cell_names(nb) -> dict[int, str]:
+    """Each code cell's name in messages, by its index in `nb.cells`: its number (1-based, counting every
+    cell, as a notebook shows them), the heading of its part (the last markdown heading above it) and its id."""
+    names, heading = {}, None
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            titles = [line.lstrip("#").strip() for line in cell.source.splitlines() if line.startswith("#")]
+            heading = titles[-1] if titles else heading
+        elif cell.cell_type == "code":
+            names[index] = f"cell {index + 1}{f' ({heading})' if heading else ''} [id {cell.get('id')}]"
+    return names
+
+
 def compare_outputs(old, new) -> list[str]:
-    """How `new`'s outputs differ from `old`'s beyond DIGITS significant digits (empty: they do not)."""
+    """How `new`'s outputs differ from `old`'s beyond DIGITS significant digits (empty: they do not), each
+    cell named by `cell_names`."""
     old_code = [c for c in old.cells if c.cell_type == "code"]
     new_code = [c for c in new.cells if c.cell_type == "code"]
     if [(c.get("id"), c.source) for c in old_code] != [(c.get("id"), c.source) for c in new_code]:
         return ["the code cells differ (sources or ids)"]
-    return [f"cell {b.get('id')}: outputs changed beyond {DIGITS} significant digits"
-            for a, b in zip(old_code, new_code) if not _outputs_match(a.outputs, b.outputs)]
+    names = list(cell_names(new).values())
+    return [f"{name}: outputs changed beyond {DIGITS} significant digits ({_first_change(a.outputs, b.outputs)})"
+            for name, a, b in zip(names, old_code, new_code) if not _outputs_match(a.outputs, b.outputs)]
+
+
+def _text(output) -> str:
+    return output.get("text") or output.get("data", {}).get("text/plain", "") or output.get("evalue", "")
+
+
+def _first_change(old, new, width: int = 70) -> str:
+    """The first line of text that changed (old -> new), else what else did: the outputs' count or a figure."""
+    if len(old) != len(new):
+        return f"{len(old)} outputs -> {len(new)}"
+    for a, b in zip(old, new):
+        for x, y in zip(_text(a).splitlines() + [""], _text(b).splitlines() + [""]):
+            if normalise(x) != normalise(y):
+                return " -> ".join(repr(part) for part in _around_change(x, y, width))
+    return "a figure's pixels or an output's kind"
+
+
+def _around_change(x: str, y: str, width: int) -> tuple[str, str]:
+    """The parts of two lines around the first word that changed (at DIGITS significant digits)."""
+    a, b = x.split(), y.split()
+    i = next((k for k, (p, q) in enumerate(zip(a, b)) if normalise(p) != normalise(q)), min(len(a), len(b)))
+    start = max(0, i - 3)
+    return tuple(("... " if start else "") + " ".join(words[start:i + 4])[:width] for words in (a, b))
 
 
 def _notebook_client(nb, **options):

@@ -35,9 +35,10 @@ class TrainConfig:
     init_density: set each b_enc_i so that feature i fires on this fraction of 8192 sampled training
     rows before training (None: nn.Linear's bias). normalize, init_norm and init_density act on an
     untrained SAE only (one without a recorded trainer); a trained SAE keeps its weights and scale.
-    dense_l1: an extra sparsity penalty, dense_l1 times the SAE's own, on the features whose running
-    firing density (an exponential average over batches, `density_decay` per batch) is above
-    `dense_target`; 0 (the seed's loss) turns it off. It changes only how training moves: the SAE's
+    dense_l1: an extra sparsity penalty on the features whose running firing density (an exponential
+    average over batches, `density_decay` per batch) is above `dense_target`: 0 there, rising linearly to
+    dense_l1 times the SAE's own at 1.5 x dense_target (`trainer.DENSE_RAMP`; a ramp, not a step, so that
+    a rounding difference cannot flip a feature's penalty); 0 (the seed's loss) turns it off. It changes only how training moves: the SAE's
     loss as `compute_loss` reports it, and its inference math, stay the seed's.
     """
     lr: float = 1e-3
@@ -120,9 +121,9 @@ class TrainConfig:
 #: over all training rows at batch 256 and lr 5e-3; rows normalised to mean squared norm d_model (so the
 #: coefficients mean the same on every model); W's rows at norm 1 and biases that start every feature
 #: firing on 5% of the rows (this keeps training out of the "dense basis" the seed's init falls into);
-#: Adam beta2 0.99 and lr decay over the last 20%; half again the sparsity penalty on features firing on
-#: more than 5% of the rows (dense_l1: fewer dense features at the same L0, the second epoch buying back
-#: the reconstruction). The seed's loss and inference math are unchanged.
+#: Adam beta2 0.99 and lr decay over the last 20%; up to half again the sparsity penalty on features firing
+#: on more than 5% of the rows, in full from 7.5% (dense_l1: fewer dense features at the same L0, the second
+#: epoch buying back the reconstruction). The seed's loss and inference math are unchanged.
 LAB_RECIPE = {"lr": 5e-3, "batch_size": 256, "epochs": 2, "betas": (0.9, 0.99), "lr_decay": 0.2,
               "normalize": True, "init_norm": 1.0, "init_density": 0.05, "dense_l1": 0.5}
 

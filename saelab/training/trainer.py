@@ -26,6 +26,7 @@ from saelab.training.batches import batch_indices, n_steps
 from saelab.training.initialise import start_from_rows
 from saelab.metrics import EvalResult, evaluate_unchecked
 from saelab.models import resolve_device
+from saelab.precision import working_dtype
 from saelab.results import Result, fmt
 from saelab.sae.tied import TiedSAE, tied_gradients
 from saelab.training.config import LAB_RECIPE, TrainConfig
@@ -33,11 +34,13 @@ from saelab.utils import active, describe, progress_bar
 from saelab.validate import check_float, check_rows
 
 __all__ = ["TrainConfig", "LAB_RECIPE", "TrainResult", "StackedTraining", "train_sae", "train_stacked", "adam",
-           "source_metadata", "batch_indices", "n_steps", "HISTORY_COLUMNS", "DIVERGENCE_FACTOR"]
+           "source_metadata", "batch_indices", "n_steps", "HISTORY_COLUMNS", "DIVERGENCE_FACTOR", "DENSE_RAMP"]
 
 HISTORY_COLUMNS = ("step", "loss", "recon", "sparsity", "l0")
 #: `train_stacked` warns when a logged loss exceeds this many times the loss of the first step.
 DIVERGENCE_FACTOR = 100.0
+#: dense_l1's penalty reaches its full weight at this many times dense_target (TrainConfig).
+DENSE_RAMP = 1.5
 
 
 def source_metadata(activations) -> dict:
@@ -139,14 +142,16 @@ class _Stack:
         return values
 
     def dense_weight(self, features: torch.Tensor) -> torch.Tensor | None:
-        """With dense_l1: [k, 1, n_f] 1 + dense_l1 where a feature's running density (updated with this
-        batch's features [k, rows, n_f]) is above dense_target, else 1; None without it (the seed's loss)."""
+        """With dense_l1: [k, 1, n_f] multipliers, 1 up to dense_target of running density (updated with this
+        batch's features [k, rows, n_f]), rising linearly to 1 + dense_l1 at DENSE_RAMP * dense_target
+        (continuous: a step would let a rounding difference flip a feature's penalty); None without it."""
         if not self.dense_l1:
             return None
         now = active(features).to(features.dtype).mean(dim=1)                                 # [k, n_f]
         self.density = now if self.density is None else self.density.mul_(self.density_decay).add_(
             now, alpha=1.0 - self.density_decay)
-        return (1.0 + self.dense_l1 * (self.density > self.dense_target).to(features.dtype)).unsqueeze(1)
+        over = (self.density - self.dense_target) / ((DENSE_RAMP - 1.0) * self.dense_target)
+        return (1.0 + self.dense_l1 * over.clamp_(0.0, 1.0)).unsqueeze(1)
 
     def first_bad_step(self) -> int:
         """The first step whose loss was not finite (counted on the device, without waiting on it)."""
@@ -226,8 +231,9 @@ def train_stacked(saes: list[TiedSAE], sources: list, coefs, config: TrainConfig
     total = config.n_steps(n)
     batches = batch_indices(n, config.batch_size, config.seed, config.epochs, config.steps)
     dev = resolve_device(config.device)
-    for sae in saes:
-        sae.to(dev).train()
+    dtypes = [sae.encoder.weight.dtype for sae in saes]
+    for sae, dtype in zip(saes, dtypes):   # $SAELAB_PRECISION=float64: initialised and trained in float64
+        sae.to(device=dev, dtype=working_dtype(dtype, dev)).train()
     start_from_rows(saes, sources, config)
     stack = _Stack(saes, coefs, config, dev)
     records: list[list] = [[] for _ in saes]
@@ -266,8 +272,8 @@ def train_stacked(saes: list[TiedSAE], sources: list, coefs, config: TrainConfig
         done = last_good
     finally:
         bar.close()
-        for sae in saes:
-            sae.eval()
+        for sae, dtype in zip(saes, dtypes):
+            sae.to(dtype=dtype).eval()
     seconds = time.perf_counter() - start
     histories = _histories(records)
     if first_loss:

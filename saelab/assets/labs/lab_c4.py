@@ -591,10 +591,19 @@ assert late.activation_norm > early.activation_norm
 # different densities.
 
 # %%
+def typical_features(density, levels=(0.04, 0.01, 0.003), margin=1.02):
+    """Alive, not dense features (0.2% < density < 10%): for each level, the one nearest to it in log-density
+    among those whose density is `margin` times away from every other's, so a small change cannot swap two."""
+    typical = torch.nonzero((density > 0.002) & (density < 0.1)).flatten()
+    log_density = density[typical].double().log()
+    gap = (log_density[:, None] - log_density[None, :]).abs().fill_diagonal_(float("inf")).amin(dim=1)
+    apart = typical[gap >= torch.tensor(margin).log()]
+    nearest = [(density[apart].double().log() - torch.tensor(level).log()).abs().argmin() for level in levels]
+    return list(dict.fromkeys(int(apart[i]) for i in nearest)) if len(apart) else []
+
+
 density = sweep.metrics[COEF].feature_density
-typical = torch.nonzero((density > 0.002) & (density < 0.1)).flatten()
-picks = typical[density[typical].argsort(descending=True)]
-picks = [int(picks[n]) for n in (0, len(picks) // 2, len(picks) - 1)] if len(picks) >= 3 else picks.tolist()
+picks = typical_features(density)
 print("features:", picks, "densities:", [f"{density[f]:.2%}" for f in picks])
 for feature in picks:
     display(saelab.feature_card(model, sae, test_acts, feature))
