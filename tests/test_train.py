@@ -320,19 +320,21 @@ def test_a_non_finite_gradient_with_a_finite_loss_is_caught_at_the_next_log(monk
 
 def test_dense_l1_weighs_the_penalty_of_features_above_the_target_density():
     """The running density follows the batches; features above dense_target get up to (1 + dense_l1), in full
-    from DENSE_RAMP x dense_target, linearly in between (continuous: no rounding can flip it)."""
+    from DENSE_RAMP x dense_target, linearly in between (continuous: no rounding can flip it). The stacked
+    trainer ([k, rows, n_f]) and the untied twin ([rows, n_f]) share the one DensePenalty."""
     from saelab.training.config import TrainConfig
-    from saelab.training.trainer import _Stack
-    stack = _Stack([TiedSAE(4, 3, seed=0)], [1.0], TrainConfig(dense_l1=0.5, dense_target=0.3, density_decay=0.5), "cpu")
+    from saelab.training.trainer import DensePenalty
+    penalty = DensePenalty(TrainConfig(dense_l1=0.5, dense_target=0.3, density_decay=0.5))
     features = torch.tensor([[[1.0, 0.0, 0.0], [2.0, 0.0, 1.0], [1.0, 0.0, 0.0], [3.0, 0.0, 0.0]]])  # 100%, 0%, 25%
-    assert stack.dense_weight(features).tolist() == [[[1.5, 1.0, 1.0]]]
-    torch.testing.assert_close(stack.density, torch.tensor([[1.0, 0.0, 0.25]]))
+    assert penalty.weight(features, rows_dim=1).tolist() == [[[1.5, 1.0, 1.0]]]
+    torch.testing.assert_close(penalty.density, torch.tensor([[1.0, 0.0, 0.25]]))
     more = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]])   # 0%, 0%, 100%
-    assert stack.dense_weight(more).tolist() == [[[1.5, 1.0, 1.5]]]          # (1 + 0) / 2 and (0.25 + 1) / 2
+    assert penalty.weight(more, rows_dim=1).tolist() == [[[1.5, 1.0, 1.5]]]          # (1 + 0) / 2 and (0.25 + 1) / 2
     quarter = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]])   # 25%, 0%, 100%
-    torch.testing.assert_close(stack.dense_weight(quarter), torch.tensor([[[1.25, 1.0, 1.5]]]))  # 0.375: half way
-    plain = _Stack([TiedSAE(4, 3, seed=0)], [1.0], TrainConfig(), "cpu")
-    assert plain.dense_weight(features) is None                              # the seed's loss: untouched
+    torch.testing.assert_close(penalty.weight(quarter, rows_dim=1), torch.tensor([[[1.25, 1.0, 1.5]]]))  # half way
+    twin = DensePenalty(TrainConfig(dense_l1=0.5, dense_target=0.3, density_decay=0.5))
+    assert twin.weight(features[0], rows_dim=0).tolist() == [[1.5, 1.0, 1.0]]       # one SAE's rows: the same numbers
+    assert DensePenalty(TrainConfig()).weight(features, rows_dim=1) is None         # the seed's loss: untouched
 
 
 def test_dense_l1_leaves_fewer_dense_features(model, train_texts):

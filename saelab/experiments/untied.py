@@ -28,6 +28,7 @@ import torch
 
 from saelab.activations.rows import gather_rows, n_rows
 from saelab.metrics import DENSE_THRESHOLD, EvalResult, evaluate_unchecked
+from saelab.precision import working_dtype
 from saelab.results import Result, fmt, pct
 from saelab.sae.saelens import SAELensSAE
 from saelab.sae.tied import TiedSAE
@@ -35,7 +36,7 @@ from saelab.sae.untied import fold_input_scale, untied_start
 from saelab.training.batches import batch_indices
 from saelab.training.config import TrainConfig
 from saelab.training.initialise import start_from_rows
-from saelab.training.trainer import adam
+from saelab.training.trainer import DensePenalty, adam
 from saelab.utils import active, describe, progress_bar
 from saelab.validate import check_bool, check_float, check_rows
 
@@ -123,23 +124,6 @@ def _encoder_decoder_cosine(sae, density: torch.Tensor) -> float:
     return float(cos[alive].median()) if bool(alive.any()) else math.nan
 
 
-class _DenseWeight:
-    """TrainConfig's dense-feature penalty: 1 + dense_l1 on features whose running firing density (an
-    exponential average over batches) is above dense_target, else 1; None without dense_l1."""
-
-    def __init__(self, config: TrainConfig):
-        self.config, self.density = config, None
-
-    def __call__(self, features: torch.Tensor) -> torch.Tensor | None:
-        c = self.config
-        if not c.dense_l1:
-            return None
-        now = active(features).to(features.dtype).mean(dim=0)                                   # [n_features]
-        self.density = now if self.density is None else self.density.mul_(c.density_decay).add_(
-            now, alpha=1.0 - c.density_decay)
-        return 1.0 + c.dense_l1 * (self.density > c.dense_target).to(features.dtype)
-
-
 def _train(twin, activations, scale: float, coef: float, target: float, config: TrainConfig, device):
     """Train `twin` (SAELens standard SAE, on rows / scale) in place; returns (history, seconds)."""
     n = n_rows(activations)
@@ -147,7 +131,7 @@ def _train(twin, activations, scale: float, coef: float, target: float, config: 
     params = [twin.W_enc, twin.b_enc, twin.W_dec, twin.b_dec]
     optimizer = adam(params, config.lr, config.betas)
     log_coef = torch.tensor(math.log(coef), device=device)
-    dense_weight, records = _DenseWeight(config), []
+    dense, records = DensePenalty(config), []
     bar = progress_bar(total=total, progress=config.progress, desc="training the untied twin", unit="step")
     start = time.perf_counter()
     for step, index in enumerate(batch_indices(n, config.batch_size, config.seed, config.epochs, config.steps), 1):
@@ -156,7 +140,7 @@ def _train(twin, activations, scale: float, coef: float, target: float, config: 
         x = gather_rows(activations, index).to(device=device, dtype=twin.W_enc.dtype) / scale
         features = twin.encode(x)                                          # SAELens's math, [rows, n_features]
         recon = (twin.decode(features) - x).pow(2).mean()
-        weight = dense_weight(features.detach())
+        weight = dense.weight(features.detach(), rows_dim=0)
         penalty = features.mean() if weight is None else (features * weight).mean()
         optimizer.zero_grad(set_to_none=True)
         (recon + log_coef.exp() * penalty).backward()
@@ -201,12 +185,13 @@ def untied_twin(sae: TiedSAE, activations, eval_activations, config: TrainConfig
     target = _training_l0(sae, activations, config.seed)
     if target <= 0:
         raise ValueError("sae: no feature fires on the training rows (L0 0), so there is no L0 to match")
-    start = TiedSAE(sae.d_model, sae.n_features, seed=config.seed).to(device=device, dtype=sae.encoder.weight.dtype)
+    own = sae.encoder.weight.dtype   # trained in working_dtype (float64 under $SAELAB_PRECISION), as the trainer does
+    start = TiedSAE(sae.d_model, sae.n_features, seed=config.seed).to(device=device, dtype=working_dtype(own, device))
     start.metadata.update({k: v for k, v in sae.metadata.items() if k in ("model_name", "hook_name")})
     start_from_rows([start], [activations], TrainConfig.build(config, device=device))
     twin = untied_start(start)
     history, seconds = _train(twin, activations, start.input_scale, coef, target, config, device)
-    untied = fold_input_scale(twin, start.input_scale)
+    untied = fold_input_scale(twin.to(dtype=own), start.input_scale)
     return TieComparison(tied=sae, untied=untied, tied_metrics=evaluate_unchecked(sae, eval_activations),
                          untied_metrics=evaluate_unchecked(untied, eval_activations), history=history,
                          target_l0=target, seconds=seconds)

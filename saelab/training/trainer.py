@@ -34,13 +34,35 @@ from saelab.utils import active, describe, progress_bar
 from saelab.validate import check_float, check_rows
 
 __all__ = ["TrainConfig", "LAB_RECIPE", "TrainResult", "StackedTraining", "train_sae", "train_stacked", "adam",
-           "source_metadata", "batch_indices", "n_steps", "HISTORY_COLUMNS", "DIVERGENCE_FACTOR", "DENSE_RAMP"]
+           "source_metadata", "batch_indices", "n_steps", "HISTORY_COLUMNS", "DIVERGENCE_FACTOR", "DENSE_RAMP",
+           "DensePenalty"]
 
 HISTORY_COLUMNS = ("step", "loss", "recon", "sparsity", "l0")
 #: `train_stacked` warns when a logged loss exceeds this many times the loss of the first step.
 DIVERGENCE_FACTOR = 100.0
 #: dense_l1's penalty reaches its full weight at this many times dense_target (TrainConfig).
 DENSE_RAMP = 1.5
+
+
+class DensePenalty:
+    """TrainConfig's dense-feature penalty, for any trainer: per-feature multipliers of the sparsity term,
+    from each feature's running firing density (an exponential average over batches, `density_decay`):
+    1 up to `dense_target`, rising linearly to 1 + `dense_l1` at DENSE_RAMP * dense_target (continuous:
+    a step would let a rounding difference flip a feature's penalty)."""
+
+    def __init__(self, config: TrainConfig):
+        self.l1, self.target, self.decay = config.dense_l1, config.dense_target, config.density_decay
+        self.density = None   # [..., n_features] running firing density
+
+    def weight(self, features: torch.Tensor, rows_dim: int) -> torch.Tensor | None:
+        """features [..., rows, n_f] (rows along `rows_dim`) -> [..., 1, n_f] multipliers, the running
+        density updated with this batch; None without dense_l1 (the seed's loss)."""
+        if not self.l1:
+            return None
+        now = active(features).to(features.dtype).mean(dim=rows_dim)
+        self.density = now if self.density is None else self.density.mul_(self.decay).add_(now, alpha=1.0 - self.decay)
+        over = (self.density - self.target) / ((DENSE_RAMP - 1.0) * self.target)
+        return (1.0 + self.l1 * over.clamp(0.0, 1.0)).unsqueeze(rows_dim)
 
 
 def source_metadata(activations) -> dict:
@@ -101,8 +123,7 @@ class _Stack:
         self.optimizer = adam([self.W, self.b_enc, self.b_dec], config.lr, config.betas)
         self.lr, self.scales = config.lr, [s.input_scale for s in saes]  # each SAE trains on rows / its scale
         self._sparsity_grads: dict[int, torch.Tensor] = {}
-        self.dense_l1, self.dense_target, self.density_decay = config.dense_l1, config.dense_target, config.density_decay
-        self.density = None  # [k, n_features] running firing density (only with dense_l1)
+        self.dense = DensePenalty(config)
         self._all_finite = torch.ones((), dtype=torch.bool, device=device)
         self._n_finite = torch.zeros((), dtype=torch.int64, device=device)  # leading steps with finite gradients
 
@@ -126,7 +147,7 @@ class _Stack:
         features = torch.baddbmm(self.b_enc.unsqueeze(1), x, self.W.transpose(1, 2)).relu_()   # [k, rows, n_f]
         grad_out = torch.baddbmm(self.b_dec.unsqueeze(1), features, self.W).sub_(x)          # reconstruction - x
         values, recon = None, grad_out.pow(2).mean(dim=(1, 2))     # recon [k]: every step, to name a bad one
-        weight = self.dense_weight(features)                       # [k, 1, n_f] penalty multipliers, or None
+        weight = self.dense.weight(features, rows_dim=1)           # [k, 1, n_f] penalty multipliers, or None
         if with_loss:
             sparsity = features.mean(dim=(1, 2))
             penalty = sparsity if weight is None else (features * weight).mean(dim=(1, 2))
@@ -140,18 +161,6 @@ class _Stack:
             self._all_finite &= torch.isfinite(value).all()
         self._n_finite += self._all_finite
         return values
-
-    def dense_weight(self, features: torch.Tensor) -> torch.Tensor | None:
-        """With dense_l1: [k, 1, n_f] multipliers, 1 up to dense_target of running density (updated with this
-        batch's features [k, rows, n_f]), rising linearly to 1 + dense_l1 at DENSE_RAMP * dense_target
-        (continuous: a step would let a rounding difference flip a feature's penalty); None without it."""
-        if not self.dense_l1:
-            return None
-        now = active(features).to(features.dtype).mean(dim=1)                                 # [k, n_f]
-        self.density = now if self.density is None else self.density.mul_(self.density_decay).add_(
-            now, alpha=1.0 - self.density_decay)
-        over = (self.density - self.dense_target) / ((DENSE_RAMP - 1.0) * self.dense_target)
-        return (1.0 + self.dense_l1 * over.clamp_(0.0, 1.0)).unsqueeze(1)
 
     def first_bad_step(self) -> int:
         """The first step whose loss was not finite (counted on the device, without waiting on it)."""
