@@ -39,7 +39,7 @@ _EXPORTS = {
 #: Every result type saelab returns (each a `saelab.results.Result`).
 RESULT_TYPES = ("TrainResult", "EvalResult", "CELossResult", "SweepResult", "CorrelationResult",
                 "LayerComparison", "TopExamples", "LogitEffects", "FeatureCard", "FeatureMatches",
-                "SteeringResult", "AblationResult")
+                "SteeringResult", "AblationResult", "TieComparison")
 
 __all__ = sorted(_EXPORTS)
 

@@ -121,12 +121,16 @@ def test_images_compare_by_their_pixels():
 def test_clean_outputs_drops_stderr_and_widgets_and_hides_paths(tmp_path):
     site_packages = site.getsitepackages()[0]
     widget = new_output("display_data", data={regenerate.WIDGET_MIME: {"model_id": "x"}, "text/plain": "0%|"})
+    browser = new_output("display_data", data={regenerate.WIDGET_MIME: {"model_id": "y"}, "text/plain": "Feature browser",
+                                               "text/html": f"<p>card from {tmp_path}</p>"})
     nb = nb_with(stream(f"{site_packages}/tqdm/auto.py:21: TqdmWarning: IProgress not found\n", "stderr"), widget,
                  stream(f"wrote {tmp_path}/report.html from {Path.home()}/data, not {tmp_path}x\n"),
-                 table(f"PosixPath('{sys.prefix}/lib')"))
+                 table(f"PosixPath('{sys.prefix}/lib')"), browser)
     cleaned = regenerate.clean_outputs(nb, regenerate.machine_paths(tmp_path))
     outputs = cleaned.cells[0].outputs
-    assert [o.output_type for o in outputs] == ["stream", "execute_result"]
+    assert [o.output_type for o in outputs] == ["stream", "execute_result", "display_data"]
+    # a widget with a static page (saelab.browse) keeps the page, without the widget
+    assert outputs[2].data == {"text/plain": "Feature browser", "text/html": "<p>card from <notebook></p>"}
     assert outputs[0].text.startswith("wrote <notebook>/report.html from ~/data, not ")
     assert outputs[0].text.endswith(f"/{tmp_path.name}x\n") and "<notebook>x" not in outputs[0].text
     assert outputs[1].data["text/plain"] == "PosixPath('<python>/lib')"

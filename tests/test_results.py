@@ -47,6 +47,7 @@ def runs(model, train_texts, test_texts):
         "FeatureMatches": saelab.match_features(sae, saelab.TiedSAE(d, 2 * d, seed=1)),
         "SteeringResult": saelab.steering_effect(model, sae, feature, ["def f(x):"], alphas=[2.0], n_new=3,
                                                  hook_name="blocks.1.hook_resid_post"),
+        "TieComparison": saelab.untied_twin(sae, train, held_out, config=saelab.TrainConfig.lab(steps=20, progress=False)),
         "AblationResult": saelab.feature_ablation(model, sae, test_texts[:2], feature, k=3,
                                                   hook_name="blocks.1.hook_resid_post", progress=False),
     }
@@ -55,7 +56,8 @@ def runs(model, train_texts, test_texts):
 def test_every_result_type_is_exported():
     assert set(saelab.RESULT_TYPES) == {"TrainResult", "EvalResult", "CELossResult", "SweepResult",
                                         "CorrelationResult", "LayerComparison", "TopExamples", "LogitEffects",
-                                        "FeatureCard", "FeatureMatches", "SteeringResult", "AblationResult"}
+                                        "FeatureCard", "FeatureMatches", "SteeringResult", "AblationResult",
+                                        "TieComparison"}
     for name in saelab.RESULT_TYPES + ("TrainConfig", "as_sae", "Result"):
         assert name in saelab.__all__ and getattr(saelab, name) is not None, name
 

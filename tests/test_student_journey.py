@@ -275,5 +275,5 @@ def test_install_cell_installs_exactly_the_source_it_was_given(notebooks_built, 
     filled = source.replace("INSTALL_SOURCE = None", f"INSTALL_SOURCE = {wheel!r}")
     assert filled != source
     (cmd,) = _run_install_cell(filled, monkeypatch)
-    assert cmd[:4] == [sys.executable, "-m", "pip", "install"] and cmd[-1] == f"saelab[saelens] @ {wheel}"
+    assert cmd[:4] == [sys.executable, "-m", "pip", "install"] and cmd[-1] == f"saelab[saelens,browser] @ {wheel}"
     assert all(arg.startswith("-") for arg in cmd[4:-1])  # options only: nothing else is installed

@@ -88,7 +88,9 @@ def clean_outputs(nb, paths: list[tuple[str, str]]):
                 output.traceback = [_scrub(line, paths) for line in output.traceback]
                 output.evalue = _scrub(output.evalue, paths)
             if WIDGET_MIME in output.get("data", {}):
-                continue  # a widget (e.g. a progress bar) and its text fallback: depends on the frontend
+                if "text/html" not in output.data:
+                    continue  # a widget (e.g. a progress bar) and its text fallback: depends on the frontend
+                del output.data[WIDGET_MIME]   # a widget with a static page (saelab.browse): the page stays
             if "data" in output:
                 for mime, value in output.data.items():
                     if mime.startswith("text/") and isinstance(value, str):

@@ -66,9 +66,10 @@ except importlib.metadata.PackageNotFoundError:
             "    python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e \".[notebooks]\"\n"
             "then open this notebook with that environment's Jupyter (jupyter lab notebooks/lab_c4.ipynb).\n"
             "On Colab: set INSTALL_SOURCE in this cell to the wheel or git URL your course gives, and run it again.") from None
-    # with the saelens extra (the lab compares its SAE with a SAELens one); a path becomes a file:// URL
+    # with the saelens extra (the lab compares its SAE with a SAELens one) and the browser extra (Part 6b's
+    # live feature browser: ipywidgets, anywidget); a path becomes a file:// URL
     url = INSTALL_SOURCE if "://" in INSTALL_SOURCE else pathlib.Path(INSTALL_SOURCE).resolve().as_uri()
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "saelab[saelens] @ " + url])
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "saelab[saelens,browser] @ " + url])
     importlib.invalidate_caches()
 
 # %%
