@@ -38,6 +38,13 @@ def model():
 
 
 @pytest.fixture(scope="session")
+def ref_sae():
+    """The shipped reference SAE (SAELens's standard SAE, tiny's layer 2), loaded once per test session."""
+    import saelab
+    return saelab.load_sae("tiny_layer2_standard")
+
+
+@pytest.fixture(scope="session")
 def train_texts():
     """The first 40 shipped training texts (prose and code)."""
     from saelab.data import load_texts

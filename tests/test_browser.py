@@ -4,16 +4,10 @@ import pytest
 import torch
 
 import saelab
+from saelab.course.regenerate import WIDGET_MIME
 from saelab.features import browser as browser_module
 from saelab.features.browser import FeatureBrowser, browse
 from saelab.features.browser_view import BrowserView
-
-WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
-
-
-@pytest.fixture(scope="module")
-def ref_sae():
-    return saelab.load_sae("tiny_layer2_standard")
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,6 @@ PROMPTS = ["def main():\n", "The file is", "In the beginning"]
 
 
 @pytest.fixture(scope="module")
-def ref_sae():
-    return saelab.load_sae("tiny_layer2_standard")
-
-
-@pytest.fixture(scope="module")
 def held_out(model, ref_sae):
     return saelab.collect_activations(model, saelab.load_texts("test", max_texts=60), [ref_sae.layer],
                                       progress=False)[ref_sae.layer]

@@ -74,10 +74,10 @@ def test_the_twin_is_deterministic_and_follows_the_recipe(rows):
     assert a.history["step"].iloc[-1] == 25 and math.isclose(a.history["coef"].iloc[0], COEF, rel_tol=0.5)
 
 
-def test_untied_twin_refuses_what_it_cannot_use(rows):
+def test_untied_twin_refuses_what_it_cannot_use(rows, ref_sae):
     train, held_out = rows
     with pytest.raises(ValueError, match="sae: expected a trained saelab TiedSAE"):
-        untied_twin(saelab.load_sae("tiny_layer2_standard"), train, held_out)
+        untied_twin(ref_sae, train, held_out)
     untrained = saelab.TiedSAE(128, 64, seed=0)
     with pytest.raises(ValueError, match="coef: expected a starting coefficient"):
         untied_twin(untrained, train, held_out)
