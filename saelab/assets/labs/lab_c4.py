@@ -772,8 +772,11 @@ display(ablation.plot())
 # fire, yet not exactly 0 on every such token?
 #
 # BEGIN SOLUTION
-# **Answer.** (Depends on the run.) The loss rises on tokens where the feature fires, and most where the next
-# token is one of those it promotes (the `next` column): the model was using the feature to predict it. Where
+# **Answer.** (Depends on the run.) Removing the feature costs most on some of the tokens where it fires,
+# often where the next token is one of those it promotes (the `next` column): the model was using the
+# feature to predict it. Averaged over every token where it fires, the change can be small or even negative
+# (the summary then says the loss *falls*): the feature helps on some tokens and gets in the way on others,
+# so read the table, not only the mean. Where
 # the feature does not fire its contribution $f_i(x) d_i$ is 0, so nothing is removed at that position; a
 # token can still change a little because attention reads earlier positions, where the feature may have been
 # removed. A feature whose ablation costs nothing even where it fires is not used by the model's later
