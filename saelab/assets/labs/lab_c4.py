@@ -879,12 +879,12 @@ if reference is not None:
 # more: each decoder row is kept at norm 1 (untied, $f_i \to c f_i$ with $d_i \to d_i / c$ changes
 # nothing in the reconstruction, so without it the SAE could shrink every activation and dodge the
 # penalty), and the twin's sparsity coefficient is steered during training until its L0 equals your
-# SAE's, so the two compare at the same sparsity. We take your coefficient-2 SAE: at L0 about 30 (on
+# SAE's, so the two compare at the same sparsity. We take your coefficient-2 SAE: at L0 about 34 (on
 # `tiny`) the recipe still leaves about 5% of its features dense, while at `COEF` (L0 about 21) both SAEs
 # have only a handful. One training, about as long as one of your SAEs' (seconds on `tiny`).
 
 # %%
-TIE_COEF = 2.0  # the sweep's SAE whose twin we train (L0 about 30 on tiny)
+TIE_COEF = 2.0  # the sweep's SAE whose twin we train (L0 about 34 on tiny)
 tie = saelab.untied_twin(sweep.saes[TIE_COEF], acts, test_acts, config=RECIPE)
 display(tie)
 display(tie.plot())
@@ -899,9 +899,9 @@ if TINY and LAB.size == "full":  # as measured on tiny (benchmarks/RESULTS.md)
 # selectively?
 #
 # BEGIN SOLUTION
-# **Answer.** On `tiny`, at L0 about 31, both reconstruct equally well (FVU 0.157 each) but the twin has
-# less than half as many dense features (12 against 29 of 512), and its encoder rows have turned away from
-# their decoder rows (median cosine about 0.78). In a tied SAE a feature reads with the direction it
+# **Answer.** On `tiny`, at L0 about 34, both reconstruct about equally well (FVU 0.149 against 0.147) but
+# the twin has less than half as many dense features (11 against 24 of 512), and its encoder rows have
+# turned away from their decoder rows (median cosine about 0.79). In a tied SAE a feature reads with the direction it
 # writes: its activation is $\mathrm{ReLU}(w_i \cdot x + b_i)$ with $w_i$ the very direction it adds to the
 # reconstruction. With 512 features in 128 dimensions those directions overlap, so every token that owes a
 # component along $w_i$ to *other* features also pushes feature $i$ up, and the bias can only raise or lower
@@ -911,6 +911,6 @@ if TINY and LAB.size == "full":  # as measured on tiny (benchmarks/RESULTS.md)
 # neighbour's is, while the decoder still writes the direction that reconstructs best. The price: twice the
 # weights, and a feature's encoder row no longer says what the feature writes, so read a feature from its
 # decoder row (its logit effects) and its activations, not from its encoder row. At `COEF` (L0 about 21) the
-# difference is small (2 or 3 dense features against 1): the gap opens where less sparsity is asked for and
+# difference is small (2 dense features against 1 or 2): the gap opens where less sparsity is asked for and
 # the tied SAE falls back on broad features. (On GPT-2 small the gap has not been measured: run the cell.)
 # END SOLUTION
