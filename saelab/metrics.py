@@ -15,7 +15,7 @@ from saelab.activations.collect import probe_width
 from saelab.activations.rows import iter_row_batches, n_rows
 from saelab.activations.windows import split_windows, tokenize
 from saelab.models import accumulation
-from saelab.precision import in_working_dtype
+from saelab.precision import at_least_float32, in_working_dtype
 from saelab.results import Result, fmt
 from saelab.sae.interface import as_sae
 from saelab.utils import active, describe, zero_variance
@@ -114,12 +114,13 @@ def evaluate_unchecked(sae, activations, batch_size: int = 4096) -> EvalResult:
     """`evaluate` for callers that checked its arguments once (the experiments, the trainer): `sae`
     already through `as_sae`, `activations` through `validate.check_rows` with the SAE's width."""
     n = n_rows(activations)
-    weight = sae.W_dec
-    sums = _Sums(sae.d_in, sae.d_sae, weight.device)
-    for batch in iter_row_batches(activations, batch_size):
-        x = batch.to(device=weight.device, dtype=weight.dtype, non_blocking=True)
-        features = sae.encode_unchecked(x)
-        sums.add(x, features, sae.decode_unchecked(features))
+    sums = _Sums(sae.d_in, sae.d_sae, sae.W_dec.device)
+    with in_working_dtype(sae):   # float64 under $SAELAB_PRECISION
+        weight = sae.W_dec
+        for batch in iter_row_batches(activations, batch_size):
+            x = batch.to(device=weight.device, dtype=weight.dtype, non_blocking=True)
+            features = sae.encode_unchecked(x)
+            sums.add(x, features, sae.decode_unchecked(features))
     if sums.n != n:
         raise RuntimeError(f"activations: expected {n} rows while reading, got {sums.n}")
     if not math.isfinite(sums.sq_norm.item()):
@@ -230,10 +231,10 @@ def _ce_results(model, saes: dict, texts, layer, hook, batch_size, context_lengt
     saes = list(saes.values())
     special = _special_token_ids(model.tokenizer) if conventions == "saelens" else None
     keep = {}  # keep["splice"], keep["zero"]: [b, pos] True where the batch's activation stays unchanged
-    hooks = [None, _zero_hook(keep)] + [_splice_hook(sae, keep) for sae in saes]   # clean, zeroed, spliced...
-    totals = torch.zeros(len(hooks), dtype=torch.float64)
+    totals = torch.zeros(2 + len(saes), dtype=torch.float64)
     n_tokens = 0
-    with torch.no_grad(), in_working_dtype(model):   # float64 under $SAELAB_PRECISION (the SAEs keep theirs)
+    with torch.no_grad(), in_working_dtype(model, *saes):   # float64 under $SAELAB_PRECISION
+        hooks = [None, _zero_hook(keep)] + [_splice_hook(sae, keep) for sae in saes]   # clean, zeroed, spliced...
         for tokens, mask in _token_batches(model, texts, batch_size, context_length):
             keep["splice"], keep["zero"], mask = _kept_positions(tokens, mask, special, exclude_bos)
             for i, hook_fn in enumerate(hooks):
@@ -328,7 +329,7 @@ def _kept_positions(tokens, mask, special, exclude_bos: bool):
 
 def _masked_ce_sum(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> float:
     """Sum of next-token CE over positions where mask [b, pos-1] is True; logits [b, pos, vocab]."""
-    predicted = logits[:, :-1][mask].float()  # [n_real, vocab]: padding rows never reach the softmax
+    predicted = at_least_float32(logits[:, :-1][mask])  # [n_real, vocab]: padding rows never reach the softmax
     targets = tokens[:, 1:][mask]
     dtype, _ = accumulation(predicted.device)
     return F.cross_entropy(predicted, targets, reduction="none").sum(dtype=dtype).item()

@@ -44,6 +44,14 @@ def fmt(value) -> str:
     return f"{value:.{DISPLAY_DIGITS - 1}e}"
 
 
+def change(value) -> str:
+    """A signed change in words: 0.0743 -> "rises by 0.0743", -0.0743 -> "falls by 0.0743", 0 -> "does not change"."""
+    value = float(value)
+    if value == 0 or not math.isfinite(value):
+        return "does not change" if value == 0 else f"changes by {fmt(value)}"
+    return f"{'rises' if value > 0 else 'falls'} by {fmt(abs(value))}"
+
+
 def pct(fraction) -> str:
     """A fraction as a displayed percentage: 0.12345 -> "12.3%"."""
     return f"{fmt(100 * float(fraction))}%"

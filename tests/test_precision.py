@@ -64,9 +64,42 @@ def test_float64_ce_loss_recovered_runs_the_model_in_float64(monkeypatch, model,
     sae = TiedSAE(model.cfg.d_model, 64, seed=0)
     monkeypatch.delenv(PRECISION_ENV, raising=False)
     plain = saelab.ce_loss_recovered(model, sae, train_texts[:2], 1)
-    reference = saelab.ce_loss_recovered(copy.deepcopy(model).to(torch.float64), sae, train_texts[:2], 1)
+    reference = saelab.ce_loss_recovered(copy.deepcopy(model).to(torch.float64), copy.deepcopy(sae).double(),
+                                         train_texts[:2], 1)
     monkeypatch.setenv(PRECISION_ENV, "float64")
     result = saelab.ce_loss_recovered(model, sae, train_texts[:2], 1)
     assert (result.clean, result.spliced, result.zero_ablation) == (reference.clean, reference.spliced,
                                                                     reference.zero_ablation)
     assert result.clean != plain.clean and model.cfg.dtype == next(model.parameters()).dtype == torch.float32
+    assert sae.W_dec.dtype == torch.float32
+
+
+def test_float64_evaluate_encodes_in_float64_and_gives_the_sae_back_unchanged(monkeypatch, ref_sae):
+    """A SAELens SAE too: its weights and its cfg.dtype come back exactly as they were."""
+    rows = torch.randn(3000, ref_sae.d_in, generator=torch.Generator().manual_seed(1)) * 3
+    before = ref_sae.W_dec.clone()
+    own_cfg = ref_sae.sae.cfg.dtype
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    plain = saelab.evaluate(ref_sae, rows)
+    reference = saelab.evaluate(copy.deepcopy(ref_sae).to(dtype=torch.float64), rows)
+    monkeypatch.setenv(PRECISION_ENV, "float64")
+    result = saelab.evaluate(ref_sae, rows)
+    assert (result.mse, result.l0, result.dead_fraction) == (reference.mse, reference.l0, reference.dead_fraction)
+    assert result.mse != plain.mse
+    assert ref_sae.W_dec.dtype == torch.float32 and torch.equal(ref_sae.W_dec, before)
+    assert ref_sae.sae.cfg.dtype == own_cfg
+
+
+def test_float64_ablation_runs_model_and_sae_in_float64(monkeypatch, model, ref_sae, test_texts):
+    """feature_ablation's tiny loss changes (where the feature is silent: ~1e-6 nats) come from a float64
+    forward and a float64 log-softmax, so another CPU's rounding cannot move their third digit."""
+    texts = test_texts[:3]
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    plain = saelab.feature_ablation(model, ref_sae, texts, 7, progress=False)
+    reference = saelab.feature_ablation(copy.deepcopy(model).to(torch.float64),
+                                        copy.deepcopy(ref_sae).to(dtype=torch.float64), texts, 7, progress=False)
+    monkeypatch.setenv(PRECISION_ENV, "float64")
+    result = saelab.feature_ablation(model, ref_sae, texts, 7, progress=False)
+    assert result.table.delta_loss.tolist() == reference.table.delta_loss.tolist()
+    assert result.table.delta_loss.tolist() != plain.table.delta_loss.tolist()
+    assert model.cfg.dtype == torch.float32 and ref_sae.W_dec.dtype == torch.float32

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import saelab
-from saelab.results import Result, fmt, format_table, pct
+from saelab.results import Result, change, fmt, format_table, pct
 
 DECIMAL = re.compile(r"(?<![\w.])-?\d+\.\d+(?:e[-+]\d+)?(?![\w.])")
 
@@ -111,6 +111,21 @@ def test_mse_says_it_is_per_dimension(runs):
 ])
 def test_fmt_shows_three_significant_digits(value, shown):
     assert fmt(value) == shown
+
+
+@pytest.mark.parametrize("value, said", [
+    (0.0743, "rises by 0.0743"), (-0.0743, "falls by 0.0743"), (0, "does not change"), (-2.34e-6, "falls by 2.34e-06"),
+    (float("nan"), "changes by nan"),
+])
+def test_change_says_the_direction_in_words(value, said):
+    assert change(value) == said
+
+
+def test_ablation_summary_says_falls_for_a_feature_whose_removal_helps():
+    table = pd.DataFrame({"activation": [1.0, 0.0, 0.0], "delta_loss": [-0.0743, 2e-6, 0.0]})
+    said = saelab.AblationResult(feature=3, table=table).summary()
+    assert said == ("Ablating feature 3: next-token loss falls by 0.0743 nats on the 1 tokens where it fires and "
+                    "rises by 1.00e-06 on the 2 where it does not")
 
 
 def test_pct_and_format_table():

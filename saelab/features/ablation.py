@@ -13,7 +13,8 @@ import torch
 from saelab.activations.windows import prepends_bos, split_windows, tokenize
 from saelab.features.cards import token_span
 from saelab.features.steering import hook_name_of, hooked
-from saelab.results import Result, fmt
+from saelab.precision import at_least_float32, in_working_dtype
+from saelab.results import Result, change, fmt
 from saelab.sae.interface import as_sae
 from saelab.utils import progress_bar, token_text, visible_token
 from saelab.validate import check_feature, check_int, check_model, check_texts
@@ -61,8 +62,8 @@ class AblationResult(Result):
         return float(self.table.delta_loss[~self.firing].mean()) if (~self.firing).any() else 0.0
 
     def summary(self) -> str:
-        return (f"Ablating feature {self.feature}: next-token loss rises by {fmt(self.mean_delta_firing)} nats on the "
-                f"{int(self.firing.sum()):,} tokens where it fires, by {fmt(self.mean_delta_silent)} on the "
+        return (f"Ablating feature {self.feature}: next-token loss {change(self.mean_delta_firing)} nats on the "
+                f"{int(self.firing.sum()):,} tokens where it fires and {change(self.mean_delta_silent)} on the "
                 f"{int((~self.firing).sum()):,} where it does not")
 
     def top(self, k: int | None = None) -> pd.DataFrame:
@@ -109,7 +110,7 @@ class AblationResult(Result):
 
 def _next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """-log P(tokens[:, t + 1]) at each position t: [batch, pos - 1], on the CPU."""
-    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    logp = torch.log_softmax(at_least_float32(logits[:, :-1]), -1)
     return -logp.gather(-1, tokens[:, 1:, None])[..., 0].cpu()
 
 
@@ -153,13 +154,15 @@ def feature_ablation(model, sae, texts, feature: int, k: int = 10, hook_name: st
     tokenizer, records = getattr(model, "tokenizer", None), []
     windows = split_windows(text_tokens, model.cfg.n_ctx, bos)
     batches = [windows[i:i + batch_size] for i in range(0, len(windows), batch_size)]
-    for batch in progress_bar(batches, progress=progress, desc=f"ablating feature {feature}"):
-        inputs = [w.tokens(text_tokens[w.text], bos) for w in batch]
-        for window, ids, (clean, abl, f) in zip(batch, inputs, _batch_losses(model, sae, inputs, feature, name)):
-            positions = window.text_positions(bos).tolist()
-            for j in range(int(window.added_bos(bos)), len(ids) - 1):
-                records.append((window.text, positions[j], token_text(tokenizer, int(ids[j])),
-                                token_text(tokenizer, int(ids[j + 1])), float(f[j]), float(clean[j]), float(abl[j])))
+    with in_working_dtype(model, sae):   # float64 under $SAELAB_PRECISION
+        for batch in progress_bar(batches, progress=progress, desc=f"ablating feature {feature}"):
+            inputs = [w.tokens(text_tokens[w.text], bos) for w in batch]
+            for window, ids, (clean, abl, f) in zip(batch, inputs, _batch_losses(model, sae, inputs, feature, name)):
+                positions = window.text_positions(bos).tolist()
+                for j in range(int(window.added_bos(bos)), len(ids) - 1):
+                    records.append((window.text, positions[j], token_text(tokenizer, int(ids[j])),
+                                    token_text(tokenizer, int(ids[j + 1])), float(f[j]), float(clean[j]),
+                                    float(abl[j])))
     table = pd.DataFrame(records, columns=list(ABLATION_COLUMNS[:-1]))
     table["delta_loss"] = table.loss_ablated - table.loss_clean
     return AblationResult(feature=feature, table=table, k=k)

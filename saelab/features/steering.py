@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from saelab.features.cards import feature_logit_effects, top_activating_examples
-from saelab.results import Result, fmt
+from saelab.results import Result, change, fmt
 from saelab.sae.interface import as_sae
 from saelab.utils import describe, token_text, visible_token
 from saelab.validate import check_choice, check_feature, check_float, check_int, check_model, check_rows
@@ -195,7 +195,7 @@ class SteeringResult(Result):
     def summary(self) -> str:
         top = float(self.table.alpha.max())
         return (f"Steering feature {self.feature} (top promoted tokens {', '.join(repr(t) for t in self.top_tokens[:3])}"
-                f"): at alpha {fmt(top)} their log-probability rises by {fmt(self.mean_delta(top))} nats on average "
+                f"): at alpha {fmt(top)} their log-probability {change(self.mean_delta(top))} nats on average "
                 f"over {self.table.prompt_index.nunique()} prompts")
 
     def shown_table(self) -> pd.DataFrame:

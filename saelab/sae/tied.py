@@ -13,6 +13,7 @@ fixed mean squared norm, whatever the model's activation scale.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -23,6 +24,17 @@ from saelab.sae.folder_format import load_tied, save_tied
 from saelab.utils import active
 from saelab.validate import check_float, check_int, check_sae_input
 
+
+
+def _uniform_(tensor: torch.Tensor, bound: float) -> None:
+    """`tensor.uniform_(-bound, bound)` from the same draws, the same on every CPU: torch's vectorised
+    kernel (AVX2, AVX512) computes x * (to - from) + from with one rounding, its scalar kernel
+    (ATEN_CPU_CAPABILITY=default, some ARM builds) with two, so the seed's init differed in the last bit
+    of half the weights, which training amplifies. Exact in float64, then rounded once: the vectorised
+    kernel's values, everywhere."""
+    low, high = (torch.tensor(v, dtype=tensor.dtype).double() for v in (-bound, bound))
+    x = torch.rand(tensor.shape, dtype=tensor.dtype, device=tensor.device)    # the draws uniform_ makes
+    tensor.copy_((x.double() * (high - low) + low).to(tensor.dtype))
 
 
 class TiedSAE(nn.Module):
@@ -54,10 +66,15 @@ class TiedSAE(nn.Module):
                 self._build()
 
     def _build(self) -> None:
-        # The seed's construction order, so the same RNG state gives the same weights.
-        self.encoder = nn.Linear(self.d_model, self.n_features, bias=True)
+        # The seed's construction, draw for draw, so the same RNG state gives the same weights:
+        # nn.Linear's own init (W, then b_enc), b_dec zeros, then kaiming_uniform_(W, nonlinearity="relu").
+        self.encoder = nn.utils.skip_init(nn.Linear, self.d_model, self.n_features, bias=True)
         self.decoder_bias = nn.Parameter(torch.zeros(self.d_model))
-        nn.init.kaiming_uniform_(self.encoder.weight, nonlinearity="relu")
+        linear_bound = 1 / math.sqrt(self.d_model)
+        with torch.no_grad():
+            _uniform_(self.encoder.weight, linear_bound)       # nn.Linear's W, which the seed redraws below
+            _uniform_(self.encoder.bias, linear_bound)
+            _uniform_(self.encoder.weight, math.sqrt(3.0) * math.sqrt(2.0) / math.sqrt(self.d_model))  # Kaiming, ReLU
 
     @property
     def input_scale(self) -> float:
