@@ -160,6 +160,10 @@ def _add_notebooks(commands) -> None:
             action.add_argument("--nbgrader", default=None, metavar="DIR",
                                 help="also write the nbgrader source version into the course folder DIR "
                                      "(DIR/source/<lab>/<lab>.ipynb)")
+        if name == "execute":
+            action.add_argument("--rewrite", action="store_true",
+                                help="write the new outputs even when they match the committed ones at 3 "
+                                     "significant digits (e.g. after changing how a figure is drawn)")
         if name == "check":
             action.add_argument("--outputs", action="store_true",
                                 help="also execute the solutions and fail if their outputs would change beyond "
@@ -313,7 +317,7 @@ def _cmd_check(args) -> int:
 def _cmd_execute(args) -> int:
     from saelab.course import regenerate
     root, sources = _nb_paths(args)
-    done = _nb_errors(regenerate.execute, root, sources, **_run_options(args))
+    done = _nb_errors(regenerate.execute, root, sources, rewrite=args.rewrite, **_run_options(args))
     for path, what in done:
         print(f"{path}: {what}")
     return 0

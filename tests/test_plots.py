@@ -54,6 +54,23 @@ def test_sweep_labels_never_overlap_each_other_or_the_points(sweep):
                 assert not (a.x0 < px < a.x1 and a.y0 < py < a.y1), labels[i].get_text()
 
 
+def test_sweep_labels_sit_nearest_their_own_point():
+    """The lab's run: coef 0.1 (L0 121, CE 1.000) and 0.5 (L0 97, CE 0.999) lie close; each label must be
+    nearer its own marker than any other, or a reader pins it on the wrong one (it once was)."""
+    table = pd.DataFrame({"coef": [0.1, 0.5, 1, 2, 4, 8], "l0": [121, 97.1, 55.3, 34.3, 21.2, 10.4],
+                          "fvu": [0.000684, 0.019, 0.0966, 0.149, 0.2, 0.285],
+                          "ce_loss_recovered": [1.0, 0.999, 0.992, 0.986, 0.978, 0.955], "n_tokens": [10000] * 6})
+    fig = SweepResult(table=table, saes={}, histories={}, metrics={}, evaluated_on="held-out").plot()
+    renderer = _draw(fig)
+    for ax in fig.axes:
+        centres = {f"coef={c:g}": ax.transData.transform(xy) for c, xy in zip(table.coef, ax.collections[0].get_offsets())}
+        for text in (t for t in ax.texts if t.get_text().startswith("coef=")):
+            box = text.get_window_extent(renderer)
+            distance = {name: np.hypot(max(box.x0 - x, 0, x - box.x1), max(box.y0 - y, 0, y - box.y1))
+                        for name, (x, y) in centres.items()}
+            assert min(distance, key=distance.get) == text.get_text(), (ax.get_title(), text.get_text(), distance)
+
+
 @pytest.mark.parametrize("fvu, expected", [
     ([0.02, 0.025, 0.04, 0.09, 0.3], {"0.02", "0.05", "0.1", "0.2"}),                   # 1.2 decades: 1, 2, 5
     ([1e-5, 1e-4, 1e-3, 0.01, 0.3], {"1e-05", "0.0001", "0.001", "0.01", "0.1", "1"}),  # 4.5 decades: powers of 10

@@ -165,6 +165,16 @@ def test_execute_keeps_the_file_when_only_noise_changed(tmp_path, fake_kernel):
                                                             "('mse 0.12345' -> 'mse 0.12545')"]
     assert regenerate.execute(tmp_path, [source]) == [(path, "written")]
     assert b"0.12545" in path.read_bytes()
+    fake_kernel(stream("mse 0.12546\n"))       # noise, but a deliberate rewrite (e.g. a redrawn figure) writes it
+    assert regenerate.execute(tmp_path, [source], rewrite=True) == [(path, "written")]
+    assert b"0.12546" in path.read_bytes()
+    with pytest.raises(ValueError, match="^rewrite: expected True or False"):
+        regenerate.execute(tmp_path, [source], rewrite="yes")
+    fake_kernel(stream("mse 0.12547\n"))
+    from saelab.cli import main
+    for flags, want in (([], b"0.12546"), (["--rewrite"], b"0.12547")):   # the command line's --rewrite
+        assert main(["notebooks", "execute", "--root", str(tmp_path), "--source", str(source), *flags]) == 0
+        assert want in path.read_bytes()
 
 
 def machine_path_forms(*folders):

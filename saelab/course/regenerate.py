@@ -34,7 +34,7 @@ from pathlib import Path
 from saelab.course import notebooks
 from saelab.files import atomic_write_text, make_temp_dir, remove_temp
 from saelab.utils import ASSETS_DIR
-from saelab.validate import check_install_source
+from saelab.validate import check_bool, check_install_source
 
 DIGITS = 3
 IMAGE_TOLERANCE = 0.01
@@ -292,13 +292,16 @@ def _resolve(root, sources, run: dict) -> tuple[Path, list[Path]]:
     return notebooks.resolve(root, sources)
 
 
-def execute(root=None, sources=None, **run) -> list[tuple[Path, str]]:
-    """Re-run each source's solution notebook and write it, unless its outputs are unchanged.
+def execute(root=None, sources=None, rewrite: bool = False, **run) -> list[tuple[Path, str]]:
+    """Re-run each source's solution notebook and write it, unless its outputs are unchanged (at 3
+    significant digits, figures within IMAGE_TOLERANCE) and `rewrite` is False: `rewrite=True` writes
+    the new outputs anyway, e.g. after a deliberate change to how a figure is drawn.
 
     `run`: keyword arguments of `run_solution` (model, timeout, env, install_source). Returns
     (path, what happened) pairs: "written" or "kept (outputs unchanged at 3 significant digits)".
     Nothing is written for a notebook whose execution fails (RuntimeError).
     """
+    check_bool("rewrite", rewrite)
     root, sources = _resolve(root, sources, run)
     done = []
     for source in sources:
@@ -306,7 +309,7 @@ def execute(root=None, sources=None, **run) -> list[tuple[Path, str]]:
         path = notebooks.target(root, source, "solution")
         old = notebooks.read_notebook(path) if path.is_file() else None
         same_cells = old is not None and _bare(old) == _bare(nb)
-        if same_cells and not compare_outputs(old, nb):
+        if same_cells and not rewrite and not compare_outputs(old, nb):
             done.append((path, f"kept (outputs unchanged at {DIGITS} significant digits)"))
             continue
         atomic_write_text(path, notebooks.dumps(nb))

@@ -136,30 +136,42 @@ def _coincident(x, y, tol: float = 0.02) -> list[list[int]]:
     return groups
 
 
-#: Label offsets tried around a point (points: dx, dy), nearest first; ha follows the side.
+#: Label offsets tried around a point (points: dx, dy), nearest first; ha follows the side. Beyond the
+#: first ring a label gets a leader line to its point.
 _LABEL_OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3.2, 4.6) for dx, dy in
                   ((7, 6), (7, -14), (-7, 6), (-7, -14), (0, 12), (0, -20), (12, -4), (-12, -4))]
+_NEAR_RING = 8         # the first ring: _LABEL_OFFSETS[:_NEAR_RING] need no leader line
+_CLEARLY_NEARER = 1.5  # an unlined label's own point must be this many times nearer than any other
 _POINT_RADIUS = 6.0   # points: a marker's half-width (s=60) plus a margin
 
 
 def _place_labels(ax, labels: list[str], anchors: list[tuple], points: list[tuple]) -> None:
     """Annotate anchors[i] with labels[i] so that no label overlaps another label, a marker (of
-    `points`) or leaves the axes: greedy, each label takes the first offset (`_LABEL_OFFSETS`) whose
-    text box collides with nothing placed; when none is free, the one with the least overlap."""
+    `points`) or leaves the axes, and none without a leader line sits about as near another marker as
+    its own (a reader would pin it on that one): greedy, each label takes the first offset
+    (`_LABEL_OFFSETS`) whose text box breaks none of these; when none is free, the least overlap."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
     pixels = fig.dpi / 72.0
     frame = ax.get_window_extent(renderer)
-    markers = [_box_around(ax.transData.transform(p), _POINT_RADIUS * pixels) for p in points]
+    centres = [ax.transData.transform(p) for p in points]
+    markers = [_box_around(c, _POINT_RADIUS * pixels) for c in centres]
     placed: list = []
     for label, anchor in zip(labels, anchors):
+        own = ax.transData.transform(anchor)
+        others = [c for c in centres if np.hypot(*(c - own)) > 2 * _POINT_RADIUS * pixels]
         best, best_cost = None, None
-        for dx, dy in _LABEL_OFFSETS:
+        for n, (dx, dy) in enumerate(_LABEL_OFFSETS):
+            lined = n >= _NEAR_RING
             text = ax.annotate(label, anchor, textcoords="offset points", xytext=(dx, dy), fontsize=9,
                                ha="left" if dx > 0 else "right" if dx < 0 else "center", va="bottom",
-                               annotation_clip=False)
+                               annotation_clip=False,
+                               arrowprops=dict(arrowstyle="-", color="0.55", lw=0.6, shrinkA=1, shrinkB=5)
+                               if lined else None)
             box = text.get_window_extent(renderer)
             cost = sum(_overlap(box, other) for other in placed + markers) + _outside(box, frame)
+            if not lined and any(_distance(box, c) < _CLEARLY_NEARER * _distance(box, own) for c in others):
+                cost += box.width * box.height / 2     # ambiguous: another point about as near as its own
             if best is None or cost < best_cost:
                 if best is not None:
                     best.remove()
@@ -174,6 +186,11 @@ def _place_labels(ax, labels: list[str], anchors: list[tuple], points: list[tupl
 def _box_around(xy, radius: float):
     from matplotlib.transforms import Bbox
     return Bbox.from_extents(xy[0] - radius, xy[1] - radius, xy[0] + radius, xy[1] + radius)
+
+
+def _distance(box, xy) -> float:
+    """Display distance from a point to a box (0 inside it)."""
+    return float(np.hypot(max(box.x0 - xy[0], 0.0, xy[0] - box.x1), max(box.y0 - xy[1], 0.0, xy[1] - box.y1)))
 
 
 def _overlap(a, b) -> float:
