@@ -183,6 +183,21 @@ def machine_path_forms(*folders):
 
 
 @pytest.mark.slow
+def test_a_regeneration_draws_inline_whatever_the_callers_mplbackend(tmp_path, monkeypatch):
+    """CI exports MPLBACKEND=Agg: a kernel that inherited it showed nothing at `plt.show()` and drew every
+    other figure at another size, so the Colab lane's check --outputs failed on 9 figures."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    source = tmp_path / "lab_p.py"
+    source.write_text("# %%\nimport matplotlib\nimport matplotlib.pyplot as plt\nINSTALL_SOURCE = None\n\n"
+                      "# %%\nprint(matplotlib.get_backend())\nplt.plot([1, 2])\nplt.show()\n", encoding="utf-8")
+    notebooks.build(tmp_path, [source])
+    assert regenerate.execute(tmp_path, [source]) == [(tmp_path / "solutions" / "lab_p.ipynb", "written")]
+    cell = notebooks.read_notebook(tmp_path / "solutions" / "lab_p.ipynb").cells[-1]
+    assert "inline" in cell.outputs[0].text
+    assert [o.output_type for o in cell.outputs] == ["stream", "display_data"] and "image/png" in cell.outputs[1].data
+
+
+@pytest.mark.slow
 def test_a_real_regeneration_is_clean_and_stable_across_thread_counts(tmp_path):
     """Two executions in real kernels (OMP_NUM_THREADS=2, then 1): clean outputs, no committed byte changed."""
     source = tmp_path / "lab_t.py"

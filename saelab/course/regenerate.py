@@ -41,6 +41,9 @@ IMAGE_TOLERANCE = 0.01
 KERNEL_ENV = {"SAELAB_PROGRESS": "0", "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore", "PYTHONHASHSEED": "0",
               "SAELAB_PRECISION": "float64"}   # training's chaos amplifies float32's rounding (saelab.precision)
 KERNEL_SETUP = "import warnings; warnings.simplefilter('ignore')"
+#: The caller's variables a kernel does not inherit: MPLBACKEND (CI exports Agg) would replace Jupyter's
+#: inline backend, so `plt.show()` would show nothing and figures would render at another size.
+KERNEL_ENV_DROPPED = ("MPLBACKEND",)
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 #: Each kernel's connection file lives in `<temp dir>/saelab-kernel-<pid>-<hex>/`: removed when the run ends,
 #: and by the next run when a kill -9 left it (`files.reclaim_stale`).
@@ -259,7 +262,8 @@ def run_solution(root: Path, source: Path, model: str | None = None, timeout: in
     folder = path.parent.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     nb = notebooks.render(notebooks.read_source(source), "solution", install_source)
-    kernel_env = {**os.environ, **KERNEL_ENV, **({"SAELAB_MODEL": model} if model else {}), **(env or {})}
+    inherited = {k: v for k, v in os.environ.items() if k not in KERNEL_ENV_DROPPED}
+    kernel_env = {**inherited, **KERNEL_ENV, **({"SAELAB_MODEL": model} if model else {}), **(env or {})}
     connection = make_temp_dir(Path(tempfile.gettempdir()), KERNEL_DIR_PREFIX)
     client = _notebook_client(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                               extra_arguments=[f"--InteractiveShellApp.exec_lines={KERNEL_SETUP}"],
