@@ -70,10 +70,9 @@ class TiedSAE(nn.Module):
         # nn.Linear's own init (W, then b_enc), b_dec zeros, then kaiming_uniform_(W, nonlinearity="relu").
         self.encoder = nn.utils.skip_init(nn.Linear, self.d_model, self.n_features, bias=True)
         self.decoder_bias = nn.Parameter(torch.zeros(self.d_model))
-        linear_bound = 1 / math.sqrt(self.d_model)
         with torch.no_grad():
-            _uniform_(self.encoder.weight, linear_bound)       # nn.Linear's W, which the seed redraws below
-            _uniform_(self.encoder.bias, linear_bound)
+            torch.rand(self.encoder.weight.shape)        # nn.Linear's draws for W, which the seed redraws below
+            _uniform_(self.encoder.bias, 1 / math.sqrt(self.d_model))
             _uniform_(self.encoder.weight, math.sqrt(3.0) * math.sqrt(2.0) / math.sqrt(self.d_model))  # Kaiming, ReLU
 
     @property
